@@ -1,0 +1,71 @@
+"""Export a ResCom checkpoint to a Triton-compatible ONNX model repository.
+
+    python export/to_onnx.py --checkpoint runs/digits_lt/best.pt --model-repository models --name digits_lt
+
+Writes ``models/NAME/config.pbtxt``, ``models/NAME/labels.txt``, ``models/NAME/N/model.onnx`` and
+``models/NAME/N/rescom.json``; verifies the graph and its parity with PyTorch, then prints the tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.exporter import export_checkpoint
+from export.verify import ParityError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Export a ResCom checkpoint to an ONNX model repository.")
+    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by training/train.py")
+    p.add_argument("--model-repository", default="models", help="repository root (default: %(default)s)")
+    p.add_argument("--name", required=True, help="model name (folder under the repository)")
+    p.add_argument("--version", type=int, help="version number (default: one above the latest)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing version")
+    p.add_argument("--features", action="store_true", help="add a second output `features` [batch, D]")
+    p.add_argument("--fp16", action="store_true", help="half-precision network (inputs/outputs stay uint8/fp32)")
+    p.add_argument("--data-dir", help="dataset root for parity images and temperature fitting")
+    p.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size (default: %(default)s)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--no-verify", action="store_true", help="skip onnx.checker and the parity check")
+    return p
+
+
+def print_tree(root: Path) -> None:
+    print(f"{root}/")
+    for path in sorted(root.rglob("*")):
+        depth = len(path.relative_to(root).parts)
+        size = f"  ({path.stat().st_size:,} bytes)" if path.is_file() else "/"
+        print(f"{'    ' * depth}{path.name}{size}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command = "python export/to_onnx.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    try:
+        result = export_checkpoint(
+            args.checkpoint, args.model_repository, args.name, args.version, force=args.force,
+            with_features=args.features, fp16=args.fp16, data_dir=args.data_dir, max_batch_size=args.max_batch_size,
+            opset=args.opset, verify=not args.no_verify, command=command,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError, ParityError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result.parity is not None:
+        print(result.parity.summary())
+    meta = result.metadata
+    print(f"exported {meta['name']} version {meta['version']}: {len(meta['class_names'])} classes, "
+          f"T = {meta['calibration']['temperature']}, sha256 {meta['onnx']['sha256'][:16]}...")
+    print_tree(Path(args.model_repository) / args.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

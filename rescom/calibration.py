@@ -1,0 +1,300 @@
+"""Per-class calibration of Balanced-Softmax logits: numpy + stdlib only.
+
+A ResCom model is trained with the Siamese Balanced Softmax, so its raw logits ``z`` give
+``softmax(z) ≈ p(y | x)`` under a **uniform** label prior. A deployment whose label distribution is
+``π_t`` gets its posterior by a logit shift (Ren et al. 2020; Menon et al. 2021):
+
+    p_t(y | x) = softmax(z / T + log π_t)
+
+- ``T`` is a temperature fitted by NLL on a balanced validation split (:func:`fit_temperature`).
+- ``π_t`` is uniform (no shift), the training prior ``π_train = n_c / N`` (:func:`prior_from_counts`),
+  a user-supplied prior (:func:`normalize_prior`), or an estimate from unlabelled traffic by EM
+  (Saerens, Latinne & Decaestecker 2002; :func:`em_prior`).
+
+Training fits the parameters, export stores them in the model's metadata, the service applies them. This
+module must never import torch: the service image does not have it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "prior_from_counts",
+    "normalize_prior",
+    "log_prior",
+    "adjust_logits",
+    "calibrated_probs",
+    "fit_temperature",
+    "nll",
+    "brier_score",
+    "expected_calibration_error",
+    "reliability_bins",
+    "em_prior",
+]
+
+ArrayLike = Sequence[float] | np.ndarray
+
+
+def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable ``log softmax`` along ``axis``; ``-inf`` entries stay ``-inf``."""
+    z = np.asarray(z, dtype=np.float64)
+    m = np.max(z, axis=axis, keepdims=True)
+    if not np.all(np.isfinite(m)):
+        raise ValueError("every row needs at least one finite logit")
+    shifted = z - m
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis``."""
+    return np.exp(log_softmax(z, axis=axis))
+
+
+def prior_from_counts(class_counts: ArrayLike) -> np.ndarray:
+    """Training prior ``π_c = n_c / N`` from per-class training counts ``n_c`` (shape ``[C]``)."""
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError(f"class_counts must be a non-empty 1-D list, got shape {counts.shape}")
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0) or counts.sum() <= 0:
+        raise ValueError("class_counts must be finite, non-negative and not all zero")
+    return counts / counts.sum()
+
+
+def normalize_prior(
+    prior: ArrayLike | Mapping[str, float],
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Validate a user prior ``π_t`` and normalise it to sum to 1.
+
+    Args:
+        prior: either a sequence of ``C`` non-negative weights, or a mapping from class name (or class index
+            written as a string or int) to a non-negative weight. Classes missing from a mapping get weight 0,
+            which means "never predicted" under that prior.
+        num_classes: ``C``.
+        class_names: names used to resolve mapping keys.
+
+    Returns:
+        ``np.ndarray`` float64 ``[C]`` summing to 1.
+
+    Raises:
+        ValueError: with the offending class or value when a weight is negative, NaN/inf, unknown, or all
+            weights are zero.
+    """
+    if isinstance(prior, Mapping):
+        weights = np.zeros(num_classes, dtype=np.float64)
+        index = {name: i for i, name in enumerate(class_names or [])}
+        for key, value in prior.items():
+            cls = _resolve_class(key, num_classes, index)
+            weights[cls] = _check_weight(value, key)
+    else:
+        values = list(prior)
+        if len(values) != num_classes:
+            raise ValueError(f"prior has {len(values)} weights, the model has {num_classes} classes")
+        weights = np.array([_check_weight(v, i) for i, v in enumerate(values)], dtype=np.float64)
+    total = weights.sum()
+    if total <= 0:
+        raise ValueError("prior weights are all zero: at least one class needs a positive weight")
+    return weights / total
+
+
+def _resolve_class(key: Any, num_classes: int, index: Mapping[str, int]) -> int:
+    if isinstance(key, str) and key in index:
+        return index[key]
+    try:
+        cls = int(key)
+    except (TypeError, ValueError):
+        known = ", ".join(list(index)[:10]) + (", ..." if len(index) > 10 else "")
+        raise ValueError(f"unknown class {key!r} in prior; known classes: {known}") from None
+    if not 0 <= cls < num_classes:
+        raise ValueError(f"class index {cls} in prior is out of range 0..{num_classes - 1}")
+    return cls
+
+
+def _check_weight(value: Any, key: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise ValueError(f"prior weight for class {key!r} must be a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"prior weight for class {key!r} must be finite and >= 0, got {value}")
+    return value
+
+
+def log_prior(prior: ArrayLike, eps: float = 0.0) -> np.ndarray:
+    """``log π``; zero entries become ``-inf`` (class masked out) unless ``eps > 0`` is added first."""
+    p = np.asarray(prior, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(p + eps)
+
+
+def adjust_logits(
+    logits: np.ndarray,
+    temperature: float = 1.0,
+    prior: ArrayLike | None = None,
+    prior_strength: float = 1.0,
+) -> np.ndarray:
+    """Return ``z / T + s · log π`` (``[N, C]``); ``prior=None`` means uniform (no shift).
+
+    ``s`` (``prior_strength``, Menon et al.'s τ) in ``[0, 1]`` softens the shift; 1 is Bayes' rule.
+    """
+    if not temperature > 0 or not np.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64) / temperature  # [N, C]
+    if prior is None:
+        return z
+    lp = log_prior(prior)  # [C]
+    if lp.shape[-1] != z.shape[-1]:
+        raise ValueError(f"prior has {lp.shape[-1]} classes, logits have {z.shape[-1]}")
+    return z + prior_strength * lp
+
+
+def calibrated_probs(
+    logits: np.ndarray,
+    temperature: float = 1.0,
+    prior: ArrayLike | None = None,
+    prior_strength: float = 1.0,
+) -> np.ndarray:
+    """``softmax(z / T + s · log π)``: the posterior under prior ``π`` (uniform when ``None``)."""
+    return softmax(adjust_logits(logits, temperature, prior, prior_strength))
+
+
+def nll(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood of the true labels."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class Brier score: mean over samples of ``Σ_c (p_c − 1[y = c])²``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(labels)), np.asarray(labels, dtype=np.int64)] = 1.0
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Confidence histogram for a reliability diagram (equal-width bins on the top-1 confidence).
+
+    Returns:
+        dict with ``edges`` ``[n_bins+1]``, ``confidence`` / ``accuracy`` (mean per bin, NaN when empty) and
+        ``count`` ``[n_bins]``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, weights=conf, minlength=n_bins) / count
+        mean_acc = np.bincount(which, weights=correct, minlength=n_bins) / count
+    return {"edges": edges, "confidence": mean_conf, "accuracy": mean_acc, "count": count}
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: ``Σ_b (|B_b| / N) · |acc(B_b) − conf(B_b)|`` over equal-width confidence bins."""
+    bins = reliability_bins(probs, labels, n_bins)
+    mask = bins["count"] > 0
+    gaps = np.abs(bins["accuracy"][mask] - bins["confidence"][mask])
+    return float(np.sum(bins["count"][mask] * gaps) / np.sum(bins["count"]))
+
+
+def fit_temperature(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    bounds: tuple[float, float] = (0.05, 20.0),
+    tol: float = 1e-7,
+) -> float:
+    """Fit ``T`` minimising the NLL of ``softmax(z / T)`` on labelled (validation) data.
+
+    NLL is convex in ``β = 1/T`` (its second derivative is the variance of ``z`` under the softmax), so the
+    minimum is found by bisection on the derivative ``dNLL/dβ = mean_i(E_p[z_i] − z_{i,y_i})``. The result is
+    clipped to ``bounds``.
+    """
+    z = np.asarray(logits, dtype=np.float64)  # [N, C]
+    y = np.asarray(labels, dtype=np.int64)  # [N]
+    if z.ndim != 2 or y.shape != (z.shape[0],) or z.shape[0] == 0:
+        raise ValueError(f"need logits [N, C] and labels [N] with N > 0, got {z.shape} and {y.shape}")
+    if y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(f"labels must be in 0..{z.shape[1] - 1}")
+    z_true = z[np.arange(len(y)), y]
+
+    def slope(beta: float) -> float:
+        p = softmax(beta * z)
+        return float(np.mean(np.sum(p * z, axis=1) - z_true))
+
+    lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]
+    if slope(lo) >= 0:
+        return float(bounds[1])
+    if slope(hi) <= 0:
+        return float(bounds[0])
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if slope(mid) > 0:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < tol * mid:
+            break
+    return float(1.0 / (0.5 * (lo + hi)))
+
+
+def em_prior(
+    logits: np.ndarray,
+    temperature: float = 1.0,
+    source_prior: ArrayLike | None = None,
+    init: ArrayLike | None = None,
+    dirichlet_alpha: float | ArrayLike = 1.0,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+) -> tuple[np.ndarray, int]:
+    """Estimate the deployment label prior ``π_t`` from unlabelled logits by EM (Saerens et al. 2002).
+
+    E-step: ``q_ic ∝ (π_c / π_s,c) · p_s(c | x_i)`` with ``p_s = softmax(z / T)``; for a Balanced-Softmax
+    model the source prior ``π_s`` is uniform, which gives ``q_ic ∝ π_c · exp(z_ic / T)``.
+    M-step with a symmetric or per-class Dirichlet(α) prior (MAP):
+    ``π_c = (Σ_i q_ic + α_c − 1) / (N + Σ_c α_c − C)``. ``α = 1`` is the plain maximum-likelihood step;
+    ``α > 1`` keeps small windows from collapsing a class to 0.
+
+    Args:
+        logits: ``[N, C]`` raw logits of N unlabelled samples.
+        temperature: ``T`` applied before the softmax.
+        source_prior: ``π_s`` the model's posteriors are calibrated for (``None`` = uniform).
+        init: starting ``π`` (``None`` = uniform).
+        dirichlet_alpha: ``α`` (scalar or ``[C]``), each ``>= 1``.
+        max_iter: iteration cap.
+        tol: stop when ``‖π^{t+1} − π^t‖₁ < tol``.
+
+    Returns:
+        ``(π_t [C], iterations)``.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] == 0:
+        raise ValueError(f"need logits [N, C] with N > 0, got shape {z.shape}")
+    n, c = z.shape
+    alpha = np.broadcast_to(np.asarray(dirichlet_alpha, dtype=np.float64), (c,))
+    if np.any(alpha < 1):
+        raise ValueError("dirichlet_alpha must be >= 1 for every class")
+    log_ps = log_softmax(z / temperature)  # [N, C]
+    if source_prior is not None:
+        log_ps = log_ps - log_prior(source_prior, eps=1e-12)
+    pi = np.full(c, 1.0 / c) if init is None else normalize_prior(init, c)
+    denom = n + alpha.sum() - c
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 (reported to the caller)
+        q = softmax(log_ps + log_prior(pi, eps=1e-300))  # [N, C]
+        new_pi = (q.sum(axis=0) + alpha - 1.0) / denom
+        new_pi = np.clip(new_pi, 0.0, None)
+        new_pi /= new_pi.sum()
+        delta = float(np.abs(new_pi - pi).sum())
+        pi = new_pi
+        if delta < tol:
+            break
+    return pi, it
