@@ -22,7 +22,6 @@ from rescom import __version__
 from rescom.calibration import fit_temperature
 from rescom.checkpoint import load_checkpoint
 from rescom.models import create_model
-from rescom.preprocess import resize_center_crop
 
 __all__ = ["ExportResult", "export_checkpoint", "load_model_from_checkpoint", "split_images"]
 
@@ -42,20 +41,26 @@ class ExportResult:
 def load_model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the ResCom model of a checkpoint from its ``meta`` and load the weights (eval mode)."""
     meta = state["meta"]
-    model = create_model(meta["arch"], num_classes=meta["num_classes"], proj_dim=meta["proj_dim"],
-                         **(meta.get("arch_kwargs") or {}))
+    model = create_model(
+        meta["arch"],
+        num_classes=meta["num_classes"],
+        proj_dim=meta["proj_dim"],
+        **(meta.get("arch_kwargs") or {}),
+    )
     model.load_state_dict(state["model"])
     return model.eval()
 
 
-def split_images(state: dict[str, Any], split: str, data_dir: str | None, limit: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray] | None:
+def split_images(
+    state: dict[str, Any], split: str, data_dir: str | None, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Real images of the checkpoint's dataset split as uint8 ``[N, crop, crop, 3]`` plus labels ``[N]``.
 
-    Uses exactly the serving preprocessing (:func:`rescom.preprocess.resize_center_crop`). Returns ``None``
-    when the dataset cannot be found (e.g. exporting on a machine without the data).
+    Uses exactly the serving preprocessing. Returns ``None`` when the dataset cannot be found (e.g. exporting
+    on a machine without the data); the caller then falls back and says so.
     """
     from rescom.data import build_datasets
+    from rescom.data.arrays import split_arrays
 
     meta, cfg = state["meta"], state.get("config") or {}
     root = data_dir if data_dir is not None else (cfg.get("data") or {}).get("dir")
@@ -64,18 +69,7 @@ def split_images(state: dict[str, Any], split: str, data_dir: str | None, limit:
     except (FileNotFoundError, OSError, ValueError) as err:
         log.warning("could not load dataset %r from %r (%s)", meta["dataset"], root, err)
         return None
-    dataset = getattr(splits, split)
-    if dataset is None or len(dataset) == 0:
-        return None
-    dataset.transform = None
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    images = np.empty((n, meta["crop"], meta["crop"], 3), dtype=np.uint8)
-    labels = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        img, label = dataset[i]
-        images[i] = resize_center_crop(img, meta["resize"], meta["crop"])
-        labels[i] = label
-    return images, labels
+    return split_arrays(splits, split, limit)
 
 
 def _logits(module: ExportModule, images: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -135,10 +129,18 @@ def export_checkpoint(
             if val is not None:
                 images = val[0][:64]
             else:
-                log.warning("no validation images available: parity is checked on random uint8 images instead")
-                images = np.random.default_rng(0).integers(0, 256, (64, meta["crop"], meta["crop"], 3), np.uint8)
-            parity = check_parity(onnx_path, module, images,
-                                  tolerance=tolerance if tolerance is not None else (5e-2 if fp16 else 1e-4))
+                log.warning(
+                    "no validation images available: parity is checked on random uint8 images instead"
+                )
+                images = np.random.default_rng(0).integers(
+                    0, 256, (64, meta["crop"], meta["crop"], 3), np.uint8
+                )
+            parity = check_parity(
+                onnx_path,
+                module,
+                images,
+                tolerance=tolerance if tolerance is not None else (5e-2 if fp16 else 1e-4),
+            )
             log.info("%s", parity.summary())
         num_classes = meta["num_classes"]
         outputs = [{"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]}]
@@ -165,15 +167,23 @@ def export_checkpoint(
                 "std": list(meta["std"]),
             },
             "calibration": {"temperature": temperature, "prior": "uniform"},
-            "architecture": {"arch": meta["arch"], "arch_kwargs": meta.get("arch_kwargs") or {},
-                             "feat_dim": meta["feat_dim"], "num_classes": num_classes},
+            "architecture": {
+                "arch": meta["arch"],
+                "arch_kwargs": meta.get("arch_kwargs") or {},
+                "feat_dim": meta["feat_dim"],
+                "num_classes": num_classes,
+            },
             "method": meta["method"],
             "dataset": meta["dataset"],
             "metrics": meta.get("metrics"),
             "onnx": {"file": "model.onnx", "opset": opset, "sha256": None, "fp16": fp16},
-            "parity": None if parity is None else {"max_abs_diff": parity.max_abs_diff,
-                                                   "argmax_identical": parity.argmax_agree,
-                                                   "tolerance": parity.tolerance},
+            "parity": None
+            if parity is None
+            else {
+                "max_abs_diff": parity.max_abs_diff,
+                "argmax_identical": parity.argmax_agree,
+                "tolerance": parity.tolerance,
+            },
             "rescom_version": __version__,
             "export_command": command,
             "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),

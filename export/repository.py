@@ -35,7 +35,9 @@ def list_versions(repository: str | Path, name: str) -> list[int]:
     model_dir = Path(repository) / name
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and re.fullmatch(r"[1-9][0-9]*", p.name))
+    return sorted(
+        int(p.name) for p in model_dir.iterdir() if p.is_dir() and re.fullmatch(r"[1-9][0-9]*", p.name)
+    )
 
 
 def next_version(repository: str | Path, name: str) -> int:
@@ -48,7 +50,9 @@ def version_dir(repository: str | Path, name: str, version: int, force: bool = F
     """Create ``repository/name/version``; an existing version is refused unless ``force``."""
     _check_name(name)
     if version < 1:
-        raise ValueError(f"version must be a positive integer (Triton ignores 0 and non-numeric folders), got {version}")
+        raise ValueError(
+            f"version must be a positive integer (Triton ignores 0 and non-numeric folders), got {version}"
+        )
     path = Path(repository) / name / str(version)
     if path.exists() and any(path.iterdir()) and not force:
         raise FileExistsError(

@@ -29,9 +29,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="version number (default: one above the latest)")
     p.add_argument("--force", action="store_true", help="overwrite an existing version")
     p.add_argument("--features", action="store_true", help="add a second output `features` [batch, D]")
-    p.add_argument("--fp16", action="store_true", help="half-precision network (inputs/outputs stay uint8/fp32)")
+    p.add_argument(
+        "--fp16", action="store_true", help="half-precision network (inputs/outputs stay uint8/fp32)"
+    )
     p.add_argument("--data-dir", help="dataset root for parity images and temperature fitting")
-    p.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size (default: %(default)s)")
+    p.add_argument(
+        "--max-batch-size", type=int, default=64, help="Triton max_batch_size (default: %(default)s)"
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
     p.add_argument("--no-verify", action="store_true", help="skip onnx.checker and the parity check")
     return p
@@ -51,9 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     command = "python export/to_onnx.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     try:
         result = export_checkpoint(
-            args.checkpoint, args.model_repository, args.name, args.version, force=args.force,
-            with_features=args.features, fp16=args.fp16, data_dir=args.data_dir, max_batch_size=args.max_batch_size,
-            opset=args.opset, verify=not args.no_verify, command=command,
+            args.checkpoint,
+            args.model_repository,
+            args.name,
+            args.version,
+            force=args.force,
+            with_features=args.features,
+            fp16=args.fp16,
+            data_dir=args.data_dir,
+            max_batch_size=args.max_batch_size,
+            opset=args.opset,
+            verify=not args.no_verify,
+            command=command,
         )
     except (FileNotFoundError, FileExistsError, ValueError, ParityError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -61,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     if result.parity is not None:
         print(result.parity.summary())
     meta = result.metadata
-    print(f"exported {meta['name']} version {meta['version']}: {len(meta['class_names'])} classes, "
-          f"T = {meta['calibration']['temperature']}, sha256 {meta['onnx']['sha256'][:16]}...")
+    print(
+        f"exported {meta['name']} version {meta['version']}: {len(meta['class_names'])} classes, "
+        f"T = {meta['calibration']['temperature']}, sha256 {meta['onnx']['sha256'][:16]}..."
+    )
     print_tree(Path(args.model_repository) / args.name)
     return 0
 

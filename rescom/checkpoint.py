@@ -88,7 +88,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise ValueError(f"{path} is not a ResCom checkpoint: expected keys {REQUIRED_KEYS}")
     if state["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} has checkpoint format {state['format']!r}; this version reads {CHECKPOINT_FORMAT!r}")
+        raise ValueError(
+            f"{path} has checkpoint format {state['format']!r}; this version reads {CHECKPOINT_FORMAT!r}"
+        )
     return state
 
 
@@ -99,7 +101,11 @@ def capture_rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *[to_plain(v) for v in np_state[2:]]],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            *[to_plain(v) for v in np_state[2:]],
+        ],
         "python": [py_state[0], list(py_state[1]), py_state[2]],
     }
 

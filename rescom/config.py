@@ -67,6 +67,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "eval_every": 1,
         "grad_clip": None,
         "progress": True,
+        "stop_after_epochs": None,  # stop this process after N epochs of the schedule (time-sliced jobs)
     },
     "eval": {"batch_size": 256, "many_threshold": 100, "few_threshold": 20},
 }
@@ -109,7 +110,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        value = _parse_value(raw)
         node: dict[str, Any] = out
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
@@ -122,6 +123,17 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
             raise ValueError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(node))}")
         node[leaf] = value
     return out
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML scalar parsing, plus the numbers YAML 1.1 reads as strings (``1e-3``)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def validate_config(config: Mapping[str, Any]) -> None:

@@ -46,7 +46,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize_center_crop(img: Image.Image, resize: int, crop: int, *, exif_transpose: bool = False) -> np.ndarray:
+def resize_center_crop(
+    img: Image.Image, resize: int, crop: int, *, exif_transpose: bool = False
+) -> np.ndarray:
     """Resize the shorter side to ``resize`` (bilinear), centre-crop ``crop x crop``, return uint8 RGB.
 
     Args:

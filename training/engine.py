@@ -48,7 +48,9 @@ class EpochStats:
     seconds: float
 
 
-def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+def autocast_context(
+    device: torch.device, amp_dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
     """``torch.autocast`` for CUDA mixed precision, a no-op otherwise."""
     if amp_dtype is None:
         return contextlib.nullcontext()

@@ -48,7 +48,9 @@ log = logging.getLogger("rescom.train")
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The command line; every flag is optional and overrides the YAML recipe."""
     p = argparse.ArgumentParser(description="Train ResCom on long-tailed data.", add_help=add_help)
-    p.add_argument("--config", default="training/configs/digits_lt.yaml", help="YAML recipe (default: %(default)s)")
+    p.add_argument(
+        "--config", default="training/configs/digits_lt.yaml", help="YAML recipe (default: %(default)s)"
+    )
     p.add_argument("--method", choices=METHODS, help="rescom (default), or a baseline on the same recipe")
     p.add_argument("--epochs", type=int, help="number of epochs (overrides optim.epochs)")
     p.add_argument("--batch-size", type=int, help="global batch size per view (overrides optim.batch_size)")
@@ -56,7 +58,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where checkpoints and logs go (default: runs/<config name>)")
     p.add_argument("--data-dir", help="dataset root (overrides data.dir)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--resume", nargs="?", const="auto", help="checkpoint to resume; bare flag = OUTPUT_DIR/last.pt")
+    p.add_argument(
+        "--resume", nargs="?", const="auto", help="checkpoint to resume; bare flag = OUTPUT_DIR/last.pt"
+    )
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument("--workers", type=int, help="data-loading worker processes (overrides data.num_workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -127,7 +131,9 @@ def setup_logging(output_dir: Path) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if dist.is_main():
         handlers.append(logging.FileHandler(output_dir / "train.log"))
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
 
 
 class JsonlLogger:
@@ -140,7 +146,9 @@ class JsonlLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                log.warning("train.tensorboard is on but tensorboard is not installed: pip install 'rescom[tensorboard]'")
+                log.warning(
+                    "train.tensorboard is on but tensorboard is not installed: pip install 'rescom[tensorboard]'"
+                )
             else:
                 self.writer = SummaryWriter(str(tensorboard_dir))
 
@@ -181,8 +189,14 @@ def build_meta(cfg: dict[str, Any], splits: Any, model: Any) -> dict[str, Any]:
     )
 
 
-def evaluate_split(model: Any, dataset: Any, device: torch.device, cfg: dict[str, Any], class_counts: Any,
-                   amp_dtype: torch.dtype | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def evaluate_split(
+    model: Any,
+    dataset: Any,
+    device: torch.device,
+    cfg: dict[str, Any],
+    class_counts: Any,
+    amp_dtype: torch.dtype | None,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Top-1 / Many / Medium / Few (percent) of ``dataset`` plus its raw logits and labels."""
     logits, labels = predict_logits(
         model,
@@ -194,7 +208,11 @@ def evaluate_split(model: Any, dataset: Any, device: torch.device, cfg: dict[str
         channels_last=cfg["train"]["channels_last"],
     )
     metrics = longtail_metrics(
-        logits.argmax(axis=1), labels, class_counts, cfg["eval"]["many_threshold"], cfg["eval"]["few_threshold"]
+        logits.argmax(axis=1),
+        labels,
+        class_counts,
+        cfg["eval"]["many_threshold"],
+        cfg["eval"]["few_threshold"],
     )
     return metrics, logits, labels
 
@@ -223,8 +241,14 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
     seed = int(cfg["seed"])
     seed_everything(seed)
     world, rank = dist.get_world_size(), dist.get_rank()
-    log.info("rescom %s | method %s | device %s | world size %d | amp %s", __version__, cfg["method"], device,
-             world, amp_dtype)
+    log.info(
+        "rescom %s | method %s | device %s | world size %d | amp %s",
+        __version__,
+        cfg["method"],
+        device,
+        world,
+        amp_dtype,
+    )
 
     # --- data ---------------------------------------------------------------------------------------------
     data_cfg = cfg["data"]
@@ -244,8 +268,9 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
     drop_last = len(splits.train) >= 2 * global_batch
     loader_generator = torch.Generator()
     if world > 1:
-        sampler: Any = DistributedSampler(splits.train, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                          drop_last=drop_last)
+        sampler: Any = DistributedSampler(
+            splits.train, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+        )
     else:
         sampler = RandomSampler(splits.train, generator=loader_generator)
     train_loader = DataLoader(
@@ -258,9 +283,16 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
         persistent_workers=False,
         generator=loader_generator,
     )
-    log.info("data %s: %d train / %s val / %d test images, %d classes, counts %d..%d", data_cfg["name"],
-             len(splits.train), len(splits.val) if splits.val is not None else "no", len(splits.test),
-             len(class_counts), max(class_counts), min(class_counts))
+    log.info(
+        "data %s: %d train / %s val / %d test images, %d classes, counts %d..%d",
+        data_cfg["name"],
+        len(splits.train),
+        len(splits.val) if splits.val is not None else "no",
+        len(splits.test),
+        len(class_counts),
+        max(class_counts),
+        min(class_counts),
+    )
 
     # --- model, loss, optimiser ---------------------------------------------------------------------------
     model = create_model(
@@ -295,8 +327,14 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
     epochs = int(optim_cfg["epochs"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lr_multiplier(optim_cfg["schedule"], epochs, int(optim_cfg["warmup_epochs"]), optim_cfg["milestones"],
-                      float(optim_cfg["gamma"]), float(optim_cfg["min_lr_ratio"])),
+        lr_multiplier(
+            optim_cfg["schedule"],
+            epochs,
+            int(optim_cfg["warmup_epochs"]),
+            optim_cfg["milestones"],
+            float(optim_cfg["gamma"]),
+            float(optim_cfg["min_lr_ratio"]),
+        ),
     )
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     meta = build_meta(cfg, splits, model)
@@ -314,8 +352,13 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
         restore_rng_state(state["rng"])
         start_epoch = int(state["epoch"]) + 1
         best_val, best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
-        log.info("resumed from %s at epoch %d (best val %.2f at epoch %d)", resume_path, start_epoch, best_val,
-                 best_epoch + 1)
+        log.info(
+            "resumed from %s at epoch %d (best val %.2f at epoch %d)",
+            resume_path,
+            start_epoch,
+            best_val,
+            best_epoch + 1,
+        )
 
     model_without_ddp = model
     if cfg["model"]["sync_bn"] and world > 1:
@@ -327,10 +370,14 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
     if dist.is_main():
         with (out_dir / "config.yaml").open("w") as fh:
             yaml.safe_dump(to_plain(cfg), fh, sort_keys=False)
-    jsonl = JsonlLogger(out_dir / "log.jsonl", out_dir / "tensorboard" if cfg["train"]["tensorboard"] else None)
+    jsonl = JsonlLogger(
+        out_dir / "log.jsonl", out_dir / "tensorboard" if cfg["train"]["tensorboard"] else None
+    )
     has_val = splits.val is not None and len(splits.val) > 0
     if not has_val:
-        log.warning("no validation split: the last epoch is kept as best.pt (the test split is never used to select)")
+        log.warning(
+            "no validation split: the last epoch is kept as best.pt (the test split is never used to select)"
+        )
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {
@@ -349,7 +396,9 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
 
     # --- loop ---------------------------------------------------------------------------------------------
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, epochs):
+    stop_after = cfg["train"]["stop_after_epochs"]
+    stop_epoch = epochs if stop_after is None else min(epochs, int(stop_after))
+    for epoch in range(start_epoch, stop_epoch):
         # Per-epoch seeding makes a resumed run identical to an uninterrupted one (data order, augmentation).
         seed_everything(seed + 1009 * epoch + rank)
         loader_generator.manual_seed(seed + 7919 * epoch)
@@ -359,12 +408,24 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
         if cfg["train"]["progress"] and dist.is_main():
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr)
+            progress = tqdm(
+                total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr
+            )
         lr = optimizer.param_groups[0]["lr"]
         try:
-            stats = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch=epoch, scaler=scaler,
-                                    amp_dtype=amp_dtype, channels_last=cfg["train"]["channels_last"],
-                                    grad_clip=cfg["train"]["grad_clip"], progress=progress)
+            stats = train_one_epoch(
+                model,
+                criterion,
+                optimizer,
+                train_loader,
+                device,
+                epoch=epoch,
+                scaler=scaler,
+                amp_dtype=amp_dtype,
+                channels_last=cfg["train"]["channels_last"],
+                grad_clip=cfg["train"]["grad_clip"],
+                progress=progress,
+            )
         except NonFiniteLossError as err:
             log.error("%s", err)
             raise SystemExit(f"stopped: {err}") from None
@@ -372,13 +433,22 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
             if progress is not None:
                 progress.close()
         scheduler.step()
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": stats.loss, "loss_cls": stats.loss_cls,
-                                  "loss_con": stats.loss_con, "train_acc": stats.acc,
-                                  "images_per_s": stats.images_per_s, "epoch_s": stats.seconds}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "loss": stats.loss,
+            "loss_cls": stats.loss_cls,
+            "loss_con": stats.loss_con,
+            "train_acc": stats.acc,
+            "images_per_s": stats.images_per_s,
+            "epoch_s": stats.seconds,
+        }
         is_best = False
         last_epoch = epoch + 1 == epochs
         if has_val and ((epoch + 1) % int(cfg["train"]["eval_every"]) == 0 or last_epoch):
-            val_metrics, _, _ = evaluate_split(model_without_ddp, splits.val, device, cfg, class_counts, amp_dtype)
+            val_metrics, _, _ = evaluate_split(
+                model_without_ddp, splits.val, device, cfg, class_counts, amp_dtype
+            )
             record.update({f"val_{k}": v for k, v in val_metrics.items() if k != "per_class_acc"})
             if val_metrics["acc"] > best_val:
                 best_val, best_epoch, is_best = float(val_metrics["acc"]), epoch, True
@@ -391,9 +461,26 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
                 save_checkpoint(state, out_dir / "best.pt")
         dist.barrier()
         jsonl.write(record)
-        log.info("epoch %d/%d lr %.4g loss %.4f (cls %.4f con %.4f) train acc %.2f %s| %.0f img/s", epoch + 1,
-                 epochs, lr, stats.loss, stats.loss_cls, stats.loss_con, stats.acc,
-                 f"val acc {record['val_acc']:.2f} " if "val_acc" in record else "", stats.images_per_s)
+        log.info(
+            "epoch %d/%d lr %.4g loss %.4f (cls %.4f con %.4f) train acc %.2f %s| %.0f img/s",
+            epoch + 1,
+            epochs,
+            lr,
+            stats.loss,
+            stats.loss_cls,
+            stats.loss_con,
+            stats.acc,
+            f"val acc {record['val_acc']:.2f} " if "val_acc" in record else "",
+            stats.images_per_s,
+        )
+
+    if stop_epoch < epochs:
+        log.info(
+            "stopped after epoch %d of %d as asked (train.stop_after_epochs); continue with --resume",
+            stop_epoch,
+            epochs,
+        )
+        return {"stopped_after_epoch": stop_epoch}
 
     # --- final evaluation of the selected model -----------------------------------------------------------
     best_path = out_dir / "best.pt"
@@ -402,8 +489,9 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
     test_metrics, _, _ = evaluate_split(model_without_ddp, splits.test, device, cfg, class_counts, amp_dtype)
     temperature = None
     if has_val:
-        _, val_logits, val_labels = evaluate_split(model_without_ddp, splits.val, device, cfg, class_counts,
-                                                    amp_dtype)
+        _, val_logits, val_labels = evaluate_split(
+            model_without_ddp, splits.val, device, cfg, class_counts, amp_dtype
+        )
         temperature = fit_temperature(val_logits, val_labels)
     summary = {
         "method": cfg["method"],
@@ -423,17 +511,30 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
         "rescom_version": __version__,
     }
     if dist.is_main():
-        best_state["meta"] = {**best_state["meta"], "temperature": temperature,
-                              "metrics": {k: test_metrics[k] for k in ("acc", "many", "medium", "few")}}
+        best_state["meta"] = {
+            **best_state["meta"],
+            "temperature": temperature,
+            "metrics": {k: test_metrics[k] for k in ("acc", "many", "medium", "few")},
+        }
         save_checkpoint(best_state, best_path)
         tmp = out_dir / ".metrics.json.tmp"
         tmp.write_text(json.dumps(to_plain(summary), indent=2) + "\n")
         os.replace(tmp, out_dir / "metrics.json")
-        log.info("test (best epoch %d): acc %.2f | many %s | medium %s | few %s | T %s", summary["epoch"],
-                 summary["acc"], _fmt(summary["many"]), _fmt(summary["medium"]), _fmt(summary["few"]),
-                 f"{temperature:.3f}" if temperature else "n/a")
-        log.info("wrote %s", ", ".join(str(out_dir / n) for n in
-                                       ("last.pt", "best.pt", "config.yaml", "log.jsonl", "metrics.json")))
+        log.info(
+            "test (best epoch %d): acc %.2f | many %s | medium %s | few %s | T %s",
+            summary["epoch"],
+            summary["acc"],
+            _fmt(summary["many"]),
+            _fmt(summary["medium"]),
+            _fmt(summary["few"]),
+            f"{temperature:.3f}" if temperature else "n/a",
+        )
+        log.info(
+            "wrote %s",
+            ", ".join(
+                str(out_dir / n) for n in ("last.pt", "best.pt", "config.yaml", "log.jsonl", "metrics.json")
+            ),
+        )
     return summary
 
 

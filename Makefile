@@ -1,0 +1,70 @@
+# One entry point for the README's commands. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+SERVE_VENV ?= .venv-serve
+BIN := $(VENV)/bin
+SERVE_BIN := $(SERVE_VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: help setup setup-serve serve test lint format train-digits export-digits bundle-model gpu-check bench-train bench-serve clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(SERVE_BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_BIN)/python -m pip install -q --upgrade pip
+	$(SERVE_BIN)/python -m pip install -q -e '.[serve]'
+	touch $@
+
+setup: $(BIN)/.installed  ## create .venv with everything (train, export, serve, dev tools)
+
+setup-serve: $(SERVE_BIN)/.installed  ## create .venv-serve with the service only (no torch)
+
+serve: setup-serve  ## run the API on the bundled default model (models/digits_lt) at http://$(HOST):$(PORT)
+	$(SERVE_BIN)/python -m service --model-repository models --host $(HOST) --port $(PORT)
+
+test: setup  ## run the test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup  ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup  ## ruff format + autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+train-digits: setup  ## train the default digits-LT recipe into runs/digits_lt
+	$(BIN)/python training/train.py --config training/configs/digits_lt.yaml --output-dir runs/digits_lt
+
+export-digits: setup  ## export runs/digits_lt/best.pt as a new version of models/digits_lt
+	$(BIN)/python export/to_onnx.py --checkpoint runs/digits_lt/best.pt --model-repository models --name digits_lt
+
+bundle-model: setup  ## rebuild the bundled default model (models/digits_lt/1) exactly from the recipe
+	rm -rf runs/bundle
+	$(BIN)/python training/train.py --config training/configs/digits_lt.yaml --output-dir runs/bundle --no-progress
+	$(BIN)/python export/to_onnx.py --checkpoint runs/bundle/best.pt --model-repository models --name digits_lt \
+		--version 1 --force
+
+gpu-check:  ## on a CUDA machine: AMP/DDP training steps, CUDA execution provider, service throughput
+	bash scripts/gpu_check.sh
+
+bench-train: setup  ## ResCom step overhead vs CE, and iNaturalist-scale loss memory
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/loss_scale.py
+
+bench-serve: setup  ## load benchmark of the service vs raw ONNX Runtime
+	$(BIN)/python benchmarks/serve_load.py
+
+clean:  ## remove caches and run outputs (keeps the venvs)
+	rm -rf runs .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

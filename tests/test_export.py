@@ -1,0 +1,140 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export.exporter import export_checkpoint, split_images
+from export.to_onnx import main as to_onnx_main
+from rescom.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    run_dir, metrics = tiny_run
+    repo = tmp_path_factory.mktemp("models")
+    result = export_checkpoint(run_dir / "best.pt", repo, "digits", command="pytest")
+    return repo, result, metrics, run_dir
+
+
+def test_repository_layout(exported):
+    repo, result, _, _ = exported
+    files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+    assert files == [
+        "digits/1/model.onnx",
+        "digits/1/rescom.json",
+        "digits/config.pbtxt",
+        "digits/labels.txt",
+    ]
+    assert result.version_dir == repo / "digits" / "1"
+    assert not list(repo.rglob("*.data")), "one self-contained ONNX file, no external data"
+
+
+def test_parity_is_within_tolerance(exported):
+    _, result, _, _ = exported
+    assert result.parity is not None
+    assert result.parity.max_abs_diff <= 1e-4 and result.parity.argmax_agree
+    assert set(result.parity.per_batch) >= {1, 2, 7, 32}
+
+
+def test_metadata_carries_everything_the_service_needs(exported):
+    repo, result, metrics, run_dir = exported
+    meta = json.loads((repo / "digits" / "1" / "rescom.json").read_text())
+    assert meta == result.metadata
+    assert meta["class_names"] == metrics["class_names"] and meta["class_counts"] == metrics["class_counts"]
+    assert meta["metrics"]["acc"] == pytest.approx(metrics["acc"])
+    assert meta["calibration"]["temperature"] == pytest.approx(metrics["temperature"])
+    assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    ckpt = load_checkpoint(run_dir / "best.pt")["meta"]
+    assert meta["preprocess"]["mean"] == ckpt["mean"] and meta["preprocess"]["std"] == ckpt["std"]
+    import hashlib
+
+    onnx_path = repo / "digits" / "1" / "model.onnx"
+    assert meta["onnx"]["sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    embedded = json.loads(props["rescom"])
+    assert embedded["class_names"] == meta["class_names"] and embedded["onnx"]["sha256"] is None
+
+
+def test_onnx_graph_has_a_dynamic_batch_and_uint8_input(exported):
+    repo, *_ = exported
+    model = onnx.load(str(repo / "digits" / "1" / "model.onnx"))
+    (inp,) = model.graph.input
+    assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [32, 32, 3]
+    session = ort.InferenceSession(
+        str(repo / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for n in (1, 3, 64):
+        out = session.run(None, {"images": np.zeros((n, 32, 32, 3), np.uint8)})[0]
+        assert out.shape == (n, 10) and out.dtype == np.float32
+
+
+def test_config_pbtxt_parses_as_triton_model_config(exported):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repo, result, _, _ = exported
+    config = text_format.Parse((repo / "digits" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "digits" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == result.metadata["max_batch_size"]
+    assert config.input[0].name == "images" and config.input[0].data_type == model_config_pb2.TYPE_UINT8
+    assert list(config.input[0].dims) == [32, 32, 3]
+    assert config.output[0].name == "logits" and list(config.output[0].dims) == [10]
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    labels = (repo / "digits" / config.output[0].label_filename).read_text().split()
+    assert labels == result.metadata["class_names"]
+
+
+def test_existing_version_is_refused_unless_forced(exported, capsys):
+    repo, _, _, run_dir = exported
+    argv = ["--checkpoint", str(run_dir / "best.pt"), "--model-repository", str(repo), "--name", "digits"]
+    assert to_onnx_main([*argv, "--version", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert to_onnx_main(argv) == 0  # no --version: the next one
+    printed = capsys.readouterr().out
+    assert "parity OK" in printed and "model.onnx" in printed
+    assert (repo / "digits" / "2" / "model.onnx").is_file()
+    assert to_onnx_main([*argv, "--version", "1", "--force", "--no-verify"]) == 0
+
+
+def test_onnx_reproduces_the_recorded_test_accuracy_without_torch(exported, tmp_path):
+    repo, _, metrics, run_dir = exported
+    images, labels = split_images(load_checkpoint(run_dir / "best.pt"), "test", None)
+    folder = tmp_path / "png"
+    rows = ["path,label"]
+    from PIL import Image
+
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / str(label) / f"{i}.png")
+        rows.append(f"{label}/{i}.png,{label}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "onnx_accuracy.py"),
+            "--model-repository",
+            str(repo),
+            "--name",
+            "digits",
+            "--version",
+            "1",
+            "--images",
+            str(folder),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert f"top-1 {metrics['acc']:.2f} %" in out
+    assert "torch imported: False" in out
