@@ -71,6 +71,7 @@ def export_onnx(
         # The TorchScript exporter is deprecated in favour of the torch.export one, which needs onnxscript and
         # writes external data for large models; the TorchScript path gives one self-contained file.
         warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         torch.onnx.export(
             module,
             (example,),

@@ -543,4 +543,4 @@ def _fmt(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    main(get_args_parser().parse_intermixed_args())
