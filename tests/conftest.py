@@ -43,7 +43,9 @@ def run_training(output_dir, *extra: str) -> dict:
     """Run training/train.py in-process on digits-LT and return metrics.json's content."""
     from training.train import get_args_parser, main
 
-    return main(get_args_parser().parse_intermixed_args([*TINY_RUN_ARGS, "--output-dir", str(output_dir), *extra]))
+    return main(
+        get_args_parser().parse_intermixed_args([*TINY_RUN_ARGS, "--output-dir", str(output_dir), *extra])
+    )
 
 
 @pytest.fixture(scope="session")
