@@ -31,8 +31,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import yaml
 
+from rescom.calibration import prior_from_counts
 from rescom.checkpoint import to_plain
 from rescom.evaluation import DEFAULT_EM_ALPHA, DEFAULT_SHIFT_FACTORS, SHIFT_KINDS, evaluate_logits
+from rescom.evaluation.report import EM_MAX_ITER, EM_TOL
 
 log = logging.getLogger("rescom.evaluate")
 
@@ -308,7 +310,8 @@ def write_report(
     notes = [
         f"Label-shift study: kinds {settings['shift_kinds']}, IF {settings['shift_factors']}, "
         f"{settings['seeds']} seeds (0..{settings['seeds'] - 1}); EM: Dirichlet alpha = {settings['em_alpha']}, "
-        "uniform start, 100 iterations at most, tolerance 1e-6 (rescom.calibration.em_prior).",
+        f"uniform start, {EM_MAX_ITER} iterations at most, tolerance {EM_TOL:g} (rescom.calibration.em_prior; "
+        "the service's settings).",
         "report.json holds every number of this page, including the per-seed records of the label-shift study.",
     ]
     html_path = write_html(
@@ -409,6 +412,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds", type=int, default=5, help="resampling seeds 0..N-1 per shifted set (default: %(default)s)"
     )
+    p.add_argument(
+        "--source-prior",
+        default="uniform",
+        choices=["uniform", "train", "auto"],
+        help="prior the logits are calibrated for: uniform (the serving contract, Balanced Softmax), train "
+        "(plain CE: posteriors become softmax(z/T - log pi_train + log pi)) or auto (train for method 'ce', "
+        "uniform otherwise) (default: %(default)s)",
+    )
     p.add_argument("--bins", type=int, default=15, help="reliability / ECE bins (default: %(default)s)")
     p.add_argument(
         "--top-confusions", type=int, default=10, help="most confused pairs shown (default: %(default)s)"
@@ -454,6 +465,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.save_logits:
             out_dir.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(out_dir / f"{_slug(model.label)}_logits.npz", logits=logits, labels=labels)
+        use_train = args.source_prior == "train" or (args.source_prior == "auto" and model.method == "ce")
+        source_prior = prior_from_counts(model.class_counts) if use_train else None
         results = evaluate_logits(
             logits,
             labels,
@@ -467,11 +480,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shift_kinds=args.shift_kinds,
             shift_factors=args.shift_factors,
             shift_seeds=range(args.seeds),
+            source_prior=source_prior,
         )
         entries.append(
             {
                 "label": model.label,
                 "method": model.method,
+                "source_prior": "train" if use_train else "uniform",
                 "source": model.source,
                 "class_names": model.class_names,
                 "class_counts": model.class_counts,
@@ -488,6 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bins": args.bins,
         "many_threshold": args.many_threshold,
         "few_threshold": args.few_threshold,
+        "source_prior": args.source_prior,
         "split": args.split,
         "limit": args.limit,
     }
@@ -498,4 +514,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
