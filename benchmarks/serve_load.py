@@ -1,0 +1,467 @@
+"""Load benchmark of the service against raw ONNX Runtime on the same model, batch size and thread count.
+
+    python benchmarks/serve_load.py                         # bundled models/digits_lt (or a ResNet-32-shaped stand-in)
+    python benchmarks/serve_load.py --images-dir DIR        # PNG/JPEG files; DIR/<class name>/*.png gives labels
+    python benchmarks/serve_load.py --url http://host:8000  # a server that is already running
+
+What it does, bounded in time (``--requests`` per phase):
+
+1. starts ``python -m service`` on 127.0.0.1 (a free port) unless ``--url`` is given, waits for readiness;
+2. sends ``--requests`` single-image PNG requests (``POST /predict``, raw body) at a fixed ``--concurrency`` over
+   keep-alive connections with a small raw-asyncio HTTP/1.1 client (cheaper than httpx, so the client does not
+   steal the CPU it measures); prints throughput, p50/p99 latency, errors, accuracy (when labels are known) and
+   the mean batch size from ``/metrics``;
+3. repeats with ``RESCOM_MAX_BATCH_SIZE=1`` (no batching) unless ``--skip-no-batching``;
+4. measures raw ONNX Runtime throughput of the same graph, same batch size, same thread settings, on the same
+   preprocessed images (no HTTP, no decoding), before and after the service phases, and prints the ratios
+   against the higher of the two (other load on the machine during one of them cannot flatter the service).
+
+Images, by default: the digits-LT test split (``rescom.data.build_datasets("digits_lt", None).test``, needs torch
+and scikit-learn) when the bundled model is used, else seeded random images (no accuracy then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rescom.preprocess import resize_center_crop  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Workload:
+    """Encoded request bodies, their preprocessed arrays (for raw ORT) and labels (-1 = unknown)."""
+
+    bodies: list[bytes]
+    arrays: np.ndarray  # [N, crop, crop, 3] uint8
+    labels: np.ndarray  # [N]
+    class_names: list[str]
+    source: str
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_workload(args: argparse.Namespace, meta: dict) -> Workload:
+    """Images to send, from ``--images-dir``, the digits-LT test split, or seeded random pixels."""
+    resize, crop = meta["preprocess"]["resize"], meta["preprocess"]["crop"]
+    names = list(meta["class_names"])
+    index = {n: i for i, n in enumerate(names)}
+    images: list[Image.Image] = []
+    labels: list[int] = []
+    source = ""
+    if args.images_dir:
+        files = sorted(
+            p for p in Path(args.images_dir).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")
+        )
+        if not files:
+            raise SystemExit(f"no PNG/JPEG files under {args.images_dir}")
+        for p in files:
+            with Image.open(p) as im:
+                images.append(im.copy())
+            labels.append(index.get(p.parent.name, -1))
+        source = f"{len(files)} files from {args.images_dir}"
+    elif meta.get("dataset") == "digits_lt":
+        try:
+            from rescom.data import build_datasets
+
+            test = build_datasets("digits_lt", None).test
+            test.transform = None
+            for i in range(len(test)):
+                img, label = test[i]
+                images.append(img)
+                labels.append(int(label))
+            source = f"digits-LT test split ({len(images)} images)"
+        except Exception as err:  # torch / scikit-learn missing
+            print(
+                f"[bench] digits-LT test split unavailable ({type(err).__name__}: {err}); using random images"
+            )
+    if not images:
+        rng = np.random.default_rng(0)
+        for _ in range(512):
+            colour = rng.integers(0, 256, (1, 1, 3))
+            arr = np.clip(colour + rng.integers(-30, 31, (resize, resize, 3)), 0, 255).astype(np.uint8)
+            images.append(Image.fromarray(arr))
+            labels.append(-1)
+        source = "512 seeded random images (no labels)"
+    bodies = [_png(im) for im in images]
+    arrays = np.stack([resize_center_crop(im, resize, crop) for im in images])
+    return Workload(bodies, arrays, np.asarray(labels), names, source)
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@contextlib.contextmanager
+def server(repo: Path, model: str, env_overrides: dict[str, str]) -> Iterator[str]:
+    """``python -m service`` in a subprocess on a free port; yields its base URL; SIGTERM afterwards."""
+    port = free_port()
+    env = {**os.environ, **env_overrides, "RESCOM_LOG_LEVEL": "warning", "RESCOM_POLL_INTERVAL_S": "0"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--model-repository",
+        str(repo),
+        "--model",
+        model,
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode} during startup")
+            with contextlib.suppress(OSError):
+                if http_get(url + "/health/ready", 1.0)[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("server not ready after 120 s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def batch_stats(url: str, model: str) -> tuple[float, float]:
+    """(sum, count) of ``rescom_batch_size`` for ``model`` from ``/metrics``."""
+    text = http_get(url + "/metrics")[1].decode()
+    values = {}
+    for key in ("sum", "count"):
+        m = re.search(rf'^rescom_batch_size_{key}{{model="{re.escape(model)}"}} (\S+)$', text, re.M)
+        values[key] = float(m.group(1)) if m else 0.0
+    return values["sum"], values["count"]
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+@dataclass
+class LoadResult:
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    correct: int = 0
+    labelled: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def quantile_ms(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        return 1000 * float(np.quantile(np.asarray(self.latencies), q))
+
+
+async def _load(
+    host: str, port: int, path: str, work: Workload, n_requests: int, concurrency: int
+) -> LoadResult:
+    requests = [
+        (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        + b
+        for b in work.bodies
+    ]
+    counter = iter(range(n_requests))
+    result = LoadResult(0.0)
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for i in counter:
+                j = i % len(requests)
+                start = time.perf_counter()
+                writer.write(requests[j])
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                body = await reader.readexactly(int(m.group(1))) if m else b""
+                elapsed = time.perf_counter() - start
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                if status != 200:
+                    result.errors += 1
+                    continue
+                result.latencies.append(elapsed)
+                label = work.labels[j]
+                if label >= 0:
+                    result.labelled += 1
+                    pred = json.loads(body)["predictions"][0]["class_id"]
+                    result.correct += int(pred == label)
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_load(url: str, work: Workload, n_requests: int, concurrency: int, model: str) -> LoadResult:
+    """Drive ``POST /predict?model=...`` with ``concurrency`` keep-alive connections."""
+    rest = url.split("://", 1)[1]
+    host, _, port = rest.partition(":")
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(
+        _load(host, int(port or 80), f"/predict?model={model}&top_k=1", work, n_requests, concurrency)
+    )
+
+
+# ---------------------------------------------------------------------------------------------- raw ORT
+
+
+def raw_ort(
+    onnx_path: Path,
+    arrays: np.ndarray,
+    batch: int,
+    threads: int,
+    spinning: bool,
+    n_images: int,
+    instances: int = 1,
+) -> float:
+    """Images per second of ``session.run`` on preprocessed batches of ``batch`` (no HTTP, no decoding).
+
+    ``instances`` threads call ``run`` on one session at once, as the service's batcher workers do.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    reps = np.resize(arrays, (max(batch, 1) * 4, *arrays.shape[1:]))  # cycle through the images
+    batches = [np.ascontiguousarray(reps[i : i + batch]) for i in range(0, len(reps), batch)]
+    for b in batches:
+        sess.run(None, {name: b})
+    calls = max(1, n_images // batch)
+
+    def work(worker: int) -> None:
+        for i in range(worker, calls, instances):
+            sess.run(None, {name: batches[i % len(batches)]})
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(instances) as pool:
+        list(pool.map(work, range(instances)))
+    return calls * batch / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def resolve_model(args: argparse.Namespace, tmp: Path) -> tuple[Path, str, str]:
+    """(repository, model name, description): the requested/bundled model, or a ResNet-32-shaped stand-in."""
+    repo = Path(args.model_repository)
+    name = args.model
+    if name is None and repo.is_dir():
+        candidates = sorted(p.name for p in repo.iterdir() if p.is_dir())
+        name = "digits_lt" if "digits_lt" in candidates else (candidates[0] if candidates else None)
+    if name is not None and (repo / name).is_dir():
+        return repo, name, f"{repo}/{name}"
+    if not args.synthetic_fallback:
+        raise SystemExit(f"no model in {repo}; export one or pass --synthetic-fallback")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from service_fixtures import write_version  # builds real ONNX graphs with onnx.helper
+
+    write_version(tmp, "resnet32_standin", 1, kind="conv")
+    return tmp, "resnet32_standin", "ResNet-32-shaped stand-in with random weights (no bundled model found)"
+
+
+def latest_version(repo: Path, name: str) -> Path:
+    versions = sorted(
+        int(p.name) for p in (repo / name).iterdir() if p.is_dir() and re.fullmatch(r"[1-9]\d*", p.name)
+    )
+    return repo / name / str(versions[-1])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-repository", default=str(ROOT / "models"))
+    p.add_argument("--model", default=None, help="model name (default: digits_lt, else the first model)")
+    p.add_argument("--url", default=None, help="benchmark a running server instead of starting one")
+    p.add_argument("--images-dir", default=None)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--requests", type=int, default=6000, help="requests per measured phase")
+    p.add_argument("--warmup", type=int, default=500, help="requests before each measured phase")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--intra-op-threads", type=int, default=None, help="default: the service's default")
+    p.add_argument("--skip-no-batching", action="store_true")
+    p.add_argument("--no-synthetic-fallback", dest="synthetic_fallback", action="store_false")
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("--env", action="append", default=[], help="extra RESCOM_X=Y for the server (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from service.config import usable_cpus
+
+    extra_env = dict(item.partition("=")[::2] for item in args.env)
+    instances = int(extra_env.get("RESCOM_INSTANCES", min(2, usable_cpus())))  # the service's CPU default
+    threads = args.intra_op_threads or max(1, usable_cpus() // instances)
+    with tempfile.TemporaryDirectory() as tmp:
+        repo, model, described = resolve_model(args, Path(tmp))
+        vdir = latest_version(repo, model)
+        meta = json.loads((vdir / "rescom.json").read_text())
+        work = load_workload(args, meta)
+        print(f"[bench] model: {described} (version {vdir.name}); images: {work.source}")
+        print(
+            f"[bench] {usable_cpus()} usable CPUs; concurrency {args.concurrency}; {args.requests} requests per "
+            f"phase; max batch {args.max_batch_size}; {instances} model instance(s) x {threads} ORT thread(s)"
+        )
+        env = {
+            "RESCOM_MAX_BATCH_SIZE": str(args.max_batch_size),
+            "RESCOM_INTRA_OP_THREADS": str(threads),
+            "RESCOM_INSTANCES": str(instances),
+            "RESCOM_MAX_QUEUE_SIZE": str(max(256, 4 * args.concurrency)),
+        }
+        env.update(extra_env)
+        spinning = env.get("RESCOM_ORT_SPINNING", "false").lower() in ("1", "true", "yes")
+        onnx_file = vdir / meta.get("onnx", {}).get("file", "model.onnx")
+        n_raw = max(args.requests, 2000)
+        # Raw ONNX Runtime is measured before and after the service phases; the higher figure is used, so that
+        # load from other processes during one of them cannot flatter the service.
+        raw_before = raw_ort(onnx_file, work.arrays, args.max_batch_size, threads, spinning, n_raw, instances)
+        phases: dict[str, dict] = {}
+        modes = [("batching", args.max_batch_size)] + ([] if args.skip_no_batching else [("no batching", 1)])
+        for label, max_batch in modes:
+            ctx = (
+                contextlib.nullcontext(args.url)
+                if args.url
+                else server(repo, model, {**env, "RESCOM_MAX_BATCH_SIZE": str(max_batch)})
+            )
+            with ctx as url:
+                if args.url and max_batch != args.max_batch_size:
+                    continue  # cannot reconfigure a server we did not start
+                run_load(url, work, args.warmup, args.concurrency, model)
+                s0, c0 = batch_stats(url, model)
+                res = run_load(url, work, args.requests, args.concurrency, model)
+                s1, c1 = batch_stats(url, model)
+            mean_batch = (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan")
+            acc = 100.0 * res.correct / res.labelled if res.labelled else None
+            phases[label] = {
+                "img_per_s": res.throughput,
+                "p50_ms": res.quantile_ms(0.5),
+                "p99_ms": res.quantile_ms(0.99),
+                "mean_batch": mean_batch,
+                "errors": res.errors,
+                "statuses": res.statuses,
+                "accuracy": acc,
+                "requests": len(res.latencies),
+            }
+            acc_text = f"{acc:.2f} %" if acc is not None else "n/a (no labels)"
+            print(
+                f"[bench] service, {label:11s}: {res.throughput:8.1f} img/s  p50 {res.quantile_ms(0.5):7.2f} ms  "
+                f"p99 {res.quantile_ms(0.99):7.2f} ms  mean batch {mean_batch:5.2f}  errors {res.errors}  "
+                f"accuracy {acc_text}"
+            )
+        raw_after = raw_ort(onnx_file, work.arrays, args.max_batch_size, threads, spinning, n_raw, instances)
+        raw = max(raw_before, raw_after)
+        print(
+            f"[bench] raw ONNX Runtime, batch {args.max_batch_size}, {instances} x {threads} threads (as the "
+            f"service): {raw:8.1f} img/s (before {raw_before:.1f}, after {raw_after:.1f})"
+        )
+        best = raw
+        if instances * threads != usable_cpus() or instances != 1:
+            best = raw_ort(
+                vdir / meta.get("onnx", {}).get("file", "model.onnx"),
+                work.arrays,
+                args.max_batch_size,
+                usable_cpus(),
+                spinning,
+                max(args.requests, 2000),
+            )
+            print(
+                f"[bench] raw ONNX Runtime, batch {args.max_batch_size}, 1 x {usable_cpus()} threads: "
+                f"{best:8.1f} img/s"
+            )
+        summary = {
+            "model": described,
+            "images": work.source,
+            "cpus": usable_cpus(),
+            "threads": threads,
+            "instances": instances,
+            "concurrency": args.concurrency,
+            "max_batch_size": args.max_batch_size,
+            "raw_ort_img_per_s": raw,
+            "raw_ort_single_session_img_per_s": best,
+            "phases": phases,
+        }
+        if "batching" in phases:
+            ratio = phases["batching"]["img_per_s"] / raw
+            summary["service_vs_raw"] = ratio
+            print(f"[bench] service / raw ORT (same layout): {100 * ratio:.1f} % (target >= 80 %)")
+            if best is not raw:
+                print(
+                    f"[bench] service / raw ORT (1 session, all cores): "
+                    f"{100 * phases['batching']['img_per_s'] / best:.1f} %"
+                )
+            if "no batching" in phases:
+                speedup = phases["batching"]["img_per_s"] / phases["no batching"]["img_per_s"]
+                summary["batching_speedup"] = speedup
+                print(f"[bench] batching / no batching: {speedup:.2f}x (target >= 1.8x)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The service's error hierarchy. Each class carries its HTTP status; handlers turn it into ``{"error": ...}``.
+
+Messages say what was wrong and what is allowed; they never contain tracebacks or server file paths. This
+module imports nothing from FastAPI, so the batcher and the runtime can raise these errors too.
+
+```
+ServiceError (500)
+├── BadRequest (400)             malformed request: bad JSON, bad base64, empty body, bad tensor
+├── Unauthorized (401)           missing or wrong bearer token (WWW-Authenticate: Bearer)
+├── NotFound (404)               unknown model or version
+├── PayloadTooLarge (413)        body, image pixel count or image count above the limits
+├── UnsupportedMediaType (415)   Content-Type the endpoint does not take
+├── Unprocessable (422)          well-formed but unusable: undecodable image, invalid option
+├── Unavailable (503)            not ready, draining, model failed
+│   └── Overloaded (503)         queue full (Retry-After)
+└── DeadlineExceeded (504)       request waited in the queue past its deadline
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "ServiceError",
+    "BadRequest",
+    "Unauthorized",
+    "NotFound",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "Unprocessable",
+    "Unavailable",
+    "Overloaded",
+    "DeadlineExceeded",
+]
+
+
+class ServiceError(Exception):
+    """Base class: an error with an HTTP status, a client-safe message and optional response headers."""
+
+    status_code = 500
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class BadRequest(ServiceError):
+    """The request is malformed (400)."""
+
+    status_code = 400
+
+
+class Unauthorized(ServiceError):
+    """Missing or invalid bearer token (401)."""
+
+    status_code = 401
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        value = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
+        super().__init__(message, headers={"WWW-Authenticate": value})
+
+
+class NotFound(ServiceError):
+    """Unknown model, version or resource (404)."""
+
+    status_code = 404
+
+
+class PayloadTooLarge(ServiceError):
+    """Body, image or image count above the configured limits (413)."""
+
+    status_code = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    """Content-Type not accepted by the endpoint (415)."""
+
+    status_code = 415
+
+
+class Unprocessable(ServiceError):
+    """Well-formed request whose content cannot be used: undecodable image, out-of-range option (422)."""
+
+    status_code = 422
+
+
+class Unavailable(ServiceError):
+    """The service or model cannot take the request now (503)."""
+
+    status_code = 503
+
+
+class Overloaded(Unavailable):
+    """The batching queue is full; the client should retry after ``retry_after_s`` seconds (503)."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after_s)))})
+
+
+class DeadlineExceeded(ServiceError):
+    """The request waited in the queue longer than its deadline (504)."""
+
+    status_code = 504

@@ -1,0 +1,248 @@
+"""Request options for calibration (prior, temperature, top_k) and the adaptive prior's state per model.
+
+The maths lives in :mod:`rescom.calibration`; this module only parses and validates what clients send and
+keeps the sliding window of recent logits from which the deployment prior ``π_t`` is re-estimated by EM
+(Saerens et al. 2002, Dirichlet-MAP M-step: :func:`rescom.calibration.em_prior`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rescom.calibration import em_prior, normalize_prior
+from service.errors import Unprocessable
+from service.repository import ModelSpec
+
+__all__ = ["PriorChoice", "parse_prior", "parse_temperature", "parse_top_k", "AdaptivePrior"]
+
+PRIOR_HELP = 'use uniform, train, adaptive, or a JSON object of class -> weight such as {"0": 1, "3": 5}'
+
+
+@dataclass(frozen=True)
+class PriorChoice:
+    """A validated prior option.
+
+    Attributes:
+        kind: ``uniform`` (no shift), ``train`` (``π_train``), ``adaptive`` (EM estimate) or ``custom``.
+        weights: ``π_t`` ``[C]`` summing to 1 for ``custom``; ``None`` otherwise.
+    """
+
+    kind: str
+    weights: np.ndarray | None = None
+
+
+def parse_prior(value: Any, spec: ModelSpec, default: str | None = None) -> PriorChoice:
+    """Validate a prior option from the query string (a string) or a JSON body (string, object or list).
+
+    Args:
+        value: ``None`` (use the default), a keyword, a JSON text, a mapping ``class -> weight`` (class names or
+            indices; missing classes get 0) or a list of ``C`` weights.
+        spec: the model (for ``C`` and the class names).
+        default: the service's default keyword; ``None`` falls back to the model's metadata.
+
+    Raises:
+        Unprocessable: unknown keyword, invalid JSON, negative / non-finite / all-zero weights, unknown class.
+    """
+    if value is None:
+        return PriorChoice(default or spec.default_prior)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("uniform", "train", "adaptive"):
+            return PriorChoice(text.lower())
+        if not text.startswith(("{", "[")):
+            raise Unprocessable(f"prior {value[:80]!r} is not understood; {PRIOR_HELP}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise Unprocessable(
+                f"prior is not valid JSON ({err.msg} at position {err.pos}); {PRIOR_HELP}"
+            ) from None
+    if isinstance(value, Mapping | Sequence) and not isinstance(value, str | bytes):
+        try:
+            weights = normalize_prior(value, spec.num_classes, spec.class_names)
+        except (ValueError, TypeError) as err:
+            raise Unprocessable(f"invalid prior: {err}") from None
+        return PriorChoice("custom", weights)
+    raise Unprocessable(
+        f"prior must be a string, an object or a list, got {type(value).__name__}; {PRIOR_HELP}"
+    )
+
+
+def parse_temperature(value: Any, spec: ModelSpec) -> float:
+    """Resolve the temperature option to ``T``.
+
+    ``None`` or ``true`` use the fitted ``T`` of the model's metadata (1 when none was fitted); ``false`` uses
+    ``T = 1`` (raw logits); a number ``> 0`` is used as given.
+
+    Raises:
+        Unprocessable: anything else.
+    """
+    if value is None or value is True:
+        return spec.fitted_temperature
+    if value is False:
+        return 1.0
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "fitted", "default", ""):
+            return spec.fitted_temperature
+        if text in ("false", "none", "off"):
+            return 1.0
+        try:
+            value = float(text)
+        except ValueError:
+            raise Unprocessable(
+                f"temperature {value[:40]!r} is not understood; use true (fitted T), false (T=1) "
+                "or a number > 0"
+            ) from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        t = float(value)
+        if math.isfinite(t) and 0.01 <= t <= 100:
+            return t
+        raise Unprocessable(f"temperature must be between 0.01 and 100, got {value}")
+    raise Unprocessable(f"temperature must be true, false or a number, got {type(value).__name__}")
+
+
+def parse_top_k(value: Any, spec: ModelSpec, default: int) -> int:
+    """``top_k`` in ``1..C``; ``None`` gives ``min(default, C)``.
+
+    Raises:
+        Unprocessable: not an integer, or out of range.
+    """
+    if value is None:
+        return min(default, spec.num_classes)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Unprocessable(f"top_k must be an integer in 1..{spec.num_classes}, got {value!r}")
+    if not 1 <= value <= spec.num_classes:
+        raise Unprocessable(
+            f"top_k must be in 1..{spec.num_classes} (the model has {spec.num_classes} classes), got {value}"
+        )
+    return value
+
+
+class AdaptivePrior:
+    """Sliding window of recent logits and an EM estimate of the deployment prior ``π_t`` for one model.
+
+    Every prediction's logits go into the window (:meth:`observe`, cheap). The estimate is recomputed in a worker
+    thread at most once per ``update_every`` new images, warm-started from the previous one, so its cost does
+    not grow with traffic. ``π_t`` is uniform until something has been observed (the Dirichlet-MAP estimate of
+    an empty window).
+
+    Args:
+        num_classes: ``C``.
+        temperature: ``T`` applied to the logits inside EM (the model's fitted temperature).
+        window: most recent images kept.
+        alpha: symmetric Dirichlet ``α >= 1`` of the M-step.
+        update_every: new images between two re-estimates.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        temperature: float,
+        window: int = 2048,
+        alpha: float = 2.0,
+        update_every: int = 64,
+    ) -> None:
+        self.num_classes = num_classes
+        self.temperature = temperature
+        self.window = window
+        self.alpha = alpha
+        self.update_every = update_every
+        self._lock = asyncio.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the window and the estimate."""
+        self._buf = np.zeros((self.window, self.num_classes), dtype=np.float32)  # ring buffer [W, C]
+        self._next = 0
+        self._filled = 0
+        self.n_seen = 0
+        self._pending = 0  # images observed since the last estimate
+        self._estimate: np.ndarray | None = None
+        self._iterations = 0
+        self._updated_at: float | None = None
+        self._generation = getattr(self, "_generation", 0) + 1  # stale EM results after a reset are dropped
+
+    def observe(self, logits: np.ndarray) -> None:
+        """Add ``[n, C]`` logits of served images to the window."""
+        n = logits.shape[0]
+        if n >= self.window:
+            self._buf[:] = logits[-self.window :]
+            self._next, self._filled = 0, self.window
+        else:
+            end = self._next + n
+            if end <= self.window:
+                self._buf[self._next : end] = logits
+            else:
+                split = self.window - self._next
+                self._buf[self._next :] = logits[:split]
+                self._buf[: n - split] = logits[split:]
+            self._next = end % self.window
+            self._filled = min(self.window, self._filled + n)
+        self.n_seen += n
+        self._pending += n
+
+    def current(self) -> np.ndarray:
+        """The latest estimate without recomputing (uniform before the first one)."""
+        if self._estimate is None:
+            return np.full(self.num_classes, 1.0 / self.num_classes)
+        return self._estimate
+
+    async def estimate(self, force: bool = False) -> np.ndarray:
+        """``π_t`` ``[C]``: recomputed when ``update_every`` images arrived since the last estimate (or when
+        ``force`` and anything arrived); otherwise, or while another recomputation runs, the latest estimate."""
+        stale = self._pending >= self.update_every or (
+            self._pending > 0 and (force or self._estimate is None)
+        )
+        if not stale or self._filled == 0:
+            return self.current()
+        if self._lock.locked() and self._estimate is not None and not force:
+            return self._estimate
+        async with self._lock:
+            if self._pending == 0:  # someone else just did it
+                return self.current()
+            window = self._window_copy()
+            generation, pending = self._generation, self._pending
+            init = self._estimate
+            pi, iterations = await asyncio.to_thread(
+                em_prior,
+                window,
+                temperature=self.temperature,
+                init=init,
+                dirichlet_alpha=self.alpha,
+                max_iter=200,
+                tol=1e-7,
+            )
+            if generation == self._generation:
+                self._estimate, self._iterations = pi, iterations
+                self._pending -= pending
+                self._updated_at = time.time()
+            return self.current()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Public state for ``GET /v1/models/{name}/prior``."""
+        return {
+            "window_size": self.window,
+            "window_filled": self._filled,
+            "n_seen": self.n_seen,
+            "pending": self._pending,
+            "dirichlet_alpha": self.alpha,
+            "update_every": self.update_every,
+            "em_iterations": self._iterations,
+            "updated_utc": None
+            if self._updated_at is None
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._updated_at)),
+        }
+
+    def _window_copy(self) -> np.ndarray:
+        if self._filled < self.window:
+            return self._buf[: self._filled].copy()  # [filled, C]
+        return self._buf.copy()  # [W, C]

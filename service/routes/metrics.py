@@ -1,0 +1,22 @@
+"""``GET /metrics``: Prometheus text format (behind the API key when one is set)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from service.auth import require_api_key
+from service.metrics import CONTENT_TYPE_LATEST
+from service.state import get_state
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"], dependencies=[Depends(require_api_key)])
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    """Request, batching, queue and model metrics (see :mod:`service.metrics`)."""
+    state = get_state(request)
+    state.metrics.ready.set(1 if state.ready else 0)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
