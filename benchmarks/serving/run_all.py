@@ -1,0 +1,279 @@
+"""Side-by-side serving benchmark: the same ONNX model and the same per-request work behind five servers.
+
+    .venv/bin/python benchmarks/serving/run_all.py            # full run (~10 min on 2 cores)
+    .venv/bin/python benchmarks/serving/run_all.py --quick    # development run (~4 min)
+    .venv/bin/python benchmarks/serving/run_all.py --servers rescom,mosec --concurrencies 1,64
+
+Servers: our service (``python -m service``), Mosec, LitServe, BentoML and Triton via PyTriton, each in its own
+virtual environment under ``benchmarks/serving/.envs/`` built from ``requirements-<name>.txt`` (exact pins).
+For each server: start on 127.0.0.1, wait for readiness, accuracy pass over every digits-LT test image (labels
+must equal offline ONNX Runtime), a short warm-up, then one wrk point per concurrency (closed loop, real PNG
+bodies), then stop. A raw ONNX Runtime reference (no HTTP) is measured in this process first.
+
+Writes ``benchmarks/results/serving.{md,json,png}``; logs and wrk output go to
+``benchmarks/results/raw/serving/``. A server that cannot be installed or started is recorded with the
+reason and the run goes on. Needs ``wrk`` (``apt-get install -y wrk``) and the project's ``.venv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving import report  # noqa: E402
+from benchmarks.serving.accuracy import check_server, offline_reference  # noqa: E402
+from benchmarks.serving.apps.pipeline import AppSettings, Pipeline  # noqa: E402
+from benchmarks.serving.config import RAW_DIR, RESULTS_DIR, BenchConfig  # noqa: E402
+from benchmarks.serving.envs import ensure_env, package_versions  # noqa: E402
+from benchmarks.serving.machine import busy_cpu_seconds, describe_machine, load_average  # noqa: E402
+from benchmarks.serving.reference import measure_reference  # noqa: E402
+from benchmarks.serving.servers import SERVERS, RunningServer, ServerSpec, start_server  # noqa: E402
+from benchmarks.serving.workload import Image, load_images, write_wrk_requests  # noqa: E402
+from benchmarks.serving.wrk import run_wrk, wrk_version  # noqa: E402
+
+VERSION_PACKAGES = {
+    "rescom": ["fastapi", "uvicorn", "onnxruntime", "numpy", "pillow"],
+    "mosec": ["mosec", "onnxruntime", "numpy", "pillow"],
+    "litserve": ["litserve", "fastapi", "uvicorn", "onnxruntime", "numpy", "pillow"],
+    "bentoml": ["bentoml", "onnxruntime", "numpy", "pillow"],
+    "pytriton": ["nvidia-pytriton", "onnxruntime", "numpy", "pillow"],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="short points (3 s) for development")
+    p.add_argument("--servers", default=",".join(s.key for s in SERVERS), help="comma-separated subset")
+    p.add_argument("--concurrencies", default="1,16,64,256", help="comma-separated wrk connection counts")
+    p.add_argument("--duration", type=float, default=None, help="seconds per point (default 12, quick 3)")
+    p.add_argument("--model-dir", type=Path, default=None, help="models/NAME/N (default: newest digits_lt)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where serving.{md,json,png} go")
+    p.add_argument(
+        "--service-root",
+        type=Path,
+        default=None,
+        help="run our service from another checkout (its service/ and rescom/), e.g. to measure a patch",
+    )
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rebuild serving.md and serving.png from --out/serving.json",
+    )
+    return p.parse_args(argv)
+
+
+def newest_version(model_root: Path) -> Path:
+    """``model_root/N`` with the largest N that holds a model.onnx."""
+    versions = sorted(
+        (int(p.name), p) for p in model_root.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file()
+    )
+    if not versions:
+        raise SystemExit(f"no version with model.onnx under {model_root}; run `make bundle-model` first")
+    return versions[-1][1]
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished children (wrk, once it has exited)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measure_points(
+    server: RunningServer, manifest: Path, cfg: BenchConfig, log: Path
+) -> list[dict[str, Any]]:
+    """Warm up, then one wrk point per concurrency with batch statistics, server CPU and load."""
+    run_wrk(
+        server.base_url, manifest, 16, cfg.warmup_s, threads=cfg.wrk_threads, timeout_s=cfg.timeout_s, log=log
+    )
+    points = []
+    for c in cfg.concurrencies:
+        before, cpu0 = server.batch_stats(), server.cpu_seconds()
+        busy0, wrk0 = busy_cpu_seconds(), children_cpu_seconds()
+        point = run_wrk(
+            server.base_url,
+            manifest,
+            c,
+            cfg.duration_s,
+            threads=cfg.wrk_threads,
+            timeout_s=cfg.timeout_s,
+            log=log,
+        )
+        after, cpu1 = server.batch_stats(), server.cpu_seconds()
+        busy1, wrk1 = busy_cpu_seconds(), children_cpu_seconds()
+        row = point.to_dict()
+        row["mean_batch"] = None
+        if before is not None and after is not None and after[0] > before[0]:
+            row["mean_batch"] = (after[1] - before[1]) / (after[0] - before[0])
+        row["cpu_ms_per_req"] = (cpu1 - cpu0) * 1e3 / point.ok if point.ok else None
+        row["load_1m"] = load_average()[0]
+        row["wrk_cpu_pct"] = 100.0 * (wrk1 - wrk0) / point.duration_s
+        # Everything else the machine did meanwhile (other users, the OS, steal): should be near 0.
+        other = (busy1 - busy0) - (cpu1 - cpu0) - (wrk1 - wrk0)
+        row["other_cpu_pct"] = max(0.0, 100.0 * other / point.duration_s)
+        points.append(row)
+        print(
+            f"    c={c:<4d} {point.throughput:7.0f} req/s  p50 {point.p50_ms:7.2f}  p99 {point.p99_ms:7.2f} ms  "
+            f"errors {point.error_count}  batch {row['mean_batch'] or 0:.1f}  "
+            f"cpu {row['cpu_ms_per_req'] or 0:.2f} ms/req  other {row['other_cpu_pct']:.0f}%",
+            flush=True,
+        )
+        # let the queues drain before the next point
+        time.sleep(1.0)
+    return points
+
+
+def reference_run(settings: AppSettings, images: list[Image], cfg: BenchConfig, when: str) -> dict[str, Any]:
+    """Raw ONNX Runtime reference (a fresh session, as the servers have), printed and returned as a dict."""
+    ref = measure_reference(Pipeline(settings), images, cfg.max_batch_size, cfg.ort_threads, cfg.quick)
+    print(
+        f"== raw ORT ({when}): batch-1 {ref.ort_b1_p50_ms:.2f} ms, batch-{cfg.max_batch_size} "
+        f"{ref.ort_batch_img_s:.0f} img/s, decode {ref.decode_ms * 1e3:.0f} us/img, "
+        f"calibration+JSON {ref.respond_ms * 1e3:.0f} us/img",
+        flush=True,
+    )
+    return {**ref.to_dict(), "when": when, "load_1m": load_average()[0]}
+
+
+def run_server(
+    spec: ServerSpec,
+    model_dir: Path,
+    cfg: BenchConfig,
+    images: list[Image],
+    expected: list[Any],
+    manifests: dict[str, Path],
+    service_root: Path | None = None,
+) -> dict[str, Any]:
+    """Everything measured for one server; ``error`` says why when it could not run."""
+    entry: dict[str, Any] = {
+        "title": spec.title,
+        "notes": spec.notes,
+        "fmt": spec.fmt,
+        "points": [],
+        "error": None,
+    }
+    if spec.key == "rescom" and service_root is not None:
+        entry["notes"] += f"; service/ from {service_root}"
+    print(f"== {spec.title}", flush=True)
+    env = ensure_env(spec.key)
+    if env.python is None:
+        entry["error"] = f"install failed: {env.error}"
+        print(f"   {entry['error']}", flush=True)
+        return entry
+    entry["versions"] = package_versions(env.python, VERSION_PACKAGES.get(spec.key, []))
+    entry["load_1m_before"] = load_average()[0]
+    log = RAW_DIR / f"{spec.key}.log"
+    wrk_log = RAW_DIR / f"{spec.key}.wrk.txt"
+    wrk_log.write_text("")
+    try:
+        with start_server(spec, env.python, model_dir, cfg, log, service_root) as server:
+            acc = check_server(server.base_url, spec.fmt, images, expected)
+            entry["accuracy"] = acc.to_dict()
+            print(
+                f"   accuracy pass: {acc.label_match}/{acc.images} labels as offline ORT, "
+                f"{acc.accuracy_pct:.1f}% top-1, {acc.seconds:.1f} s {acc.failures[:2]}",
+                flush=True,
+            )
+            entry["points"] = measure_points(server, manifests[spec.fmt], cfg, wrk_log)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        entry["error"] = f"could not run: {err}"
+        print(f"   {entry['error']}", flush=True)
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write the results."""
+    args = parse_args(argv)
+    if args.render_only:
+        results = json.loads((args.out / "serving.json").read_text())
+        write_outputs(results, args.out)
+        return 0
+    wrk = wrk_version()
+    if wrk is None:
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    cfg = BenchConfig(
+        concurrencies=tuple(int(c) for c in args.concurrencies.split(",") if c),
+        duration_s=args.duration or (3.0 if args.quick else 12.0),
+        warmup_s=1.0 if args.quick else 2.0,
+        quick=args.quick,
+    )
+    wanted = [k.strip() for k in args.servers.split(",") if k.strip()]
+    unknown = set(wanted) - {s.key for s in SERVERS}
+    if unknown:
+        print(f"unknown servers: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    specs = [s for s in SERVERS if s.key in wanted]
+    model_dir = (args.model_dir or newest_version(ROOT / "models" / "digits_lt")).resolve()
+    machine = describe_machine()
+    if machine["load_average_start"][0] > report.LOAD_LIMIT:
+        print(
+            f"WARNING: load average {machine['load_average_start']}: numbers will not be comparable",
+            flush=True,
+        )
+    RAW_DIR.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    images = load_images()
+    manifests = {
+        fmt: write_wrk_requests(fmt, images, RAW_DIR / "requests" / fmt) for fmt in {s.fmt for s in specs}
+    }
+    settings = AppSettings(
+        model_dir=model_dir, max_batch_size=cfg.max_batch_size, ort_threads=cfg.ort_threads
+    )
+    expected = offline_reference(Pipeline(settings), images, cfg.max_batch_size)
+    references = {"start": reference_run(settings, images, cfg, "start")}
+
+    servers: dict[str, Any] = {}
+    for spec in specs:
+        servers[spec.key] = run_server(spec, model_dir, cfg, images, expected, manifests, args.service_root)
+    other = [p["other_cpu_pct"] for s in servers.values() for p in s["points"]]
+
+    references["end"] = reference_run(settings, images, cfg, "end")
+    best = min(references.values(), key=lambda r: r["c1_floor_ms"])  # the stricter floor for the c=1 check
+    results: dict[str, Any] = {
+        "meta": {
+            "command": " ".join(
+                ["python benchmarks/serving/run_all.py", *(sys.argv[1:] if argv is None else argv)]
+            ),
+            "finished_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "machine": machine,
+            "max_other_cpu_pct": round(max(other, default=0.0), 1),
+            "mean_other_cpu_pct": round(sum(other) / max(1, len(other)), 1),
+            "wrk": wrk,
+            "model_dir": str(model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir),
+            "images": len(images),
+            "config": {**cfg.__dict__, "concurrencies": list(cfg.concurrencies)},
+        },
+        "reference": best,
+        "references": references,
+        "servers": servers,
+    }
+    write_outputs(results, args.out)
+    return 0
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """Target checks, ``serving.json``, ``serving.png`` and ``serving.md`` in ``out``; print the checks."""
+    results["checks"] = report.evaluate_targets(results)
+    report.write_json(results, out / "serving.json")
+    report.write_plot(results, out / "serving.png")
+    report.write_markdown(results, out / "serving.md", "serving.png")
+    print(f"wrote {out / 'serving.md'}, serving.json, serving.png", flush=True)
+    for c in results["checks"]:
+        print(f"  [{ {True: 'pass', False: 'FAIL', None: 'n/a'}[c['passed']] }] {c['name']}: {c['detail']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
