@@ -191,7 +191,9 @@ def export_checkpoint(
         # Embed the metadata (without the hash, which would change the file it describes) in the ONNX file.
         proto = onnx.load(str(onnx_path))
         del proto.metadata_props[:]
-        proto.metadata_props.add(key="rescom", value=json.dumps(metadata))
+        # The timestamp stays out of the graph so that re-exporting the same checkpoint gives identical bytes.
+        embedded = {k: v for k, v in metadata.items() if k != "created_utc"}
+        proto.metadata_props.add(key="rescom", value=json.dumps(embedded))
         proto.producer_name = "rescom"
         proto.producer_version = __version__
         onnx.save(proto, str(onnx_path))

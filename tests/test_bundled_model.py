@@ -1,0 +1,59 @@
+"""The bundled default model (models/digits_lt/1) is what the digits-LT recipe produces."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from rescom.config import load_config
+from rescom.data import build_datasets
+from rescom.data.arrays import split_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSION_DIR = ROOT / "models" / "digits_lt" / "1"
+RECIPE = ROOT / "training" / "configs" / "digits_lt.yaml"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    meta = json.loads((VERSION_DIR / "rescom.json").read_text())
+    recipe = load_config(RECIPE)
+    splits = build_datasets(recipe["data"]["name"], None, **recipe["data"]["kwargs"])
+    return meta, recipe, splits
+
+
+def test_bundle_is_small_and_self_consistent(bundled):
+    meta, _, _ = bundled
+    onnx_bytes = (VERSION_DIR / "model.onnx").read_bytes()
+    assert len(onnx_bytes) < 5 * 2**20
+    assert meta["onnx"]["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+    assert (VERSION_DIR.parent / "config.pbtxt").is_file()
+    assert (VERSION_DIR.parent / "labels.txt").read_text().split() == meta["class_names"]
+
+
+def test_bundle_metadata_matches_the_recipe(bundled):
+    meta, recipe, splits = bundled
+    assert meta["method"] == recipe["method"] and meta["dataset"] == recipe["data"]["name"]
+    assert meta["architecture"]["arch"] == recipe["model"]["arch"]
+    assert meta["class_names"] == splits.class_names
+    assert meta["class_counts"] == list(splits.class_counts)
+    assert meta["preprocess"]["mean"] == pytest.approx(splits.mean) and meta["preprocess"][
+        "std"
+    ] == pytest.approx(splits.std)
+    assert (meta["preprocess"]["resize"], meta["preprocess"]["crop"]) == (splits.resize, splits.crop)
+    assert meta["calibration"]["temperature"] > 0
+    assert "make bundle-model" in (ROOT / "Makefile").read_text()
+
+
+def test_bundle_reproduces_its_recorded_test_accuracy(bundled):
+    meta, _, splits = bundled
+    images, labels = split_arrays(splits, "test")
+    session = ort.InferenceSession(str(VERSION_DIR / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = np.concatenate(
+        [session.run(["logits"], {"images": images[i : i + 100]})[0] for i in range(0, len(images), 100)]
+    )
+    acc = 100.0 * float(np.mean(logits.argmax(axis=1) == labels))
+    assert acc == pytest.approx(meta["metrics"]["acc"], abs=1e-6)
