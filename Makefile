@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-serve serve test lint format train-digits export-digits bundle-model gpu-check bench-train bench-serve clean
+.PHONY: help setup setup-serve serve test lint format train-digits export-digits bundle-model gpu-check bench-train bench-serve bench-serving evaluate-digits clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -64,6 +64,13 @@ bench-train: setup  ## ResCom step overhead vs CE, and iNaturalist-scale loss me
 
 bench-serve: setup  ## load benchmark of the service vs raw ONNX Runtime
 	$(BIN)/python benchmarks/serve_load.py
+
+bench-serving: setup  ## side by side: our service vs Mosec, LitServe, BentoML, PyTriton (needs `apt-get install wrk`)
+	$(BIN)/python benchmarks/serving/run_all.py
+
+evaluate-digits: setup  ## evaluation report + label-shift study of the bundled model into report/
+	$(BIN)/python training/evaluate.py --model-repository models --name digits_lt --many-threshold 50 --seeds 20 \
+		--out report
 
 clean:  ## remove caches and run outputs (keeps the venvs)
 	rm -rf runs .pytest_cache .ruff_cache
