@@ -79,19 +79,62 @@ def test_partial_batch_waits_for_the_window_from_the_oldest_request():
         b = make(fake, max_queue_delay_s=0.2)
         await b.start()
         start = time.perf_counter()
-        first = asyncio.ensure_future(b.submit(item(1)))
+        for _ in range(3):  # three requests are decoding (what the HTTP layer does before it submits)
+            b.announce()
+        first = asyncio.ensure_future(b.submit(item(1), announced=True))
         await asyncio.sleep(0.1)
-        second = asyncio.ensure_future(
-            b.submit(item(2))
-        )  # joins; the window still ends 0.2 s after the first
-        await asyncio.gather(first, second)
+        # joins; the window still ends 0.2 s after the first
+        second = asyncio.ensure_future(b.submit(item(2), announced=True))
+        await asyncio.gather(first, second)  # the third is still on its way: the window decides
         elapsed = time.perf_counter() - start
+        b.withdraw()
         await b.close(1)
         return elapsed
 
     elapsed = run(main())
     assert fake.sizes == [2]
     assert 0.18 <= elapsed < 1.5
+
+
+def test_nothing_announced_means_no_window_wait():
+    """A lone request with no other request on its way runs at once instead of idling for the window."""
+    fake = Recorder()
+
+    async def main():
+        b = make(fake, max_queue_delay_s=5.0)
+        await b.start()
+        start = time.perf_counter()
+        out = await b.submit(item(3))
+        elapsed = time.perf_counter() - start
+        await b.close(1)
+        return out, elapsed
+
+    out, elapsed = run(main())
+    assert fake.sizes == [1] and out[0, 0] == 36
+    assert elapsed < 1.0  # far below the 5 s window
+
+
+def test_a_withdrawn_announcement_releases_the_window():
+    """An announced request that fails before submitting must not hold the queued ones for the whole window."""
+    fake = Recorder()
+
+    async def main():
+        b = make(fake, max_queue_delay_s=5.0)
+        await b.start()
+        b.announce()
+        b.announce()
+        start = time.perf_counter()
+        pending = asyncio.ensure_future(b.submit(item(1), announced=True))
+        await asyncio.sleep(0.05)
+        b.withdraw()  # the second one failed to decode
+        await pending
+        elapsed = time.perf_counter() - start
+        await b.close(1)
+        return elapsed
+
+    elapsed = run(main())
+    assert fake.sizes == [1]
+    assert elapsed < 1.0
 
 
 def test_zero_delay_runs_what_is_queued_and_batches_while_busy():

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from rescom.calibration import fit_bias_corrected_temperature
 from rescom.config import load_config
 from rescom.data import build_datasets
 from rescom.data.arrays import split_arrays
@@ -45,7 +46,16 @@ def test_bundle_metadata_matches_the_recipe(bundled):
     ] == pytest.approx(splits.std)
     assert (meta["preprocess"]["resize"], meta["preprocess"]["crop"]) == (splits.resize, splits.crop)
     assert meta["calibration"]["temperature"] > 0
-    assert "make bundle-model" in (ROOT / "Makefile").read_text()
+    assert meta["dataset_kwargs"] == recipe["data"]["kwargs"]
+    makefile = (ROOT / "Makefile").read_text()
+    target = makefile[makefile.index("\nbundle-model:") :].split("\n\n")[
+        0
+    ]  # the rule that rebuilds the bundle
+    assert (
+        "training/configs/digits_lt.yaml" in target
+        and "--name digits_lt" in target
+        and "--version 1" in target
+    )
 
 
 def test_bundle_reproduces_its_recorded_test_accuracy(bundled):
@@ -57,3 +67,20 @@ def test_bundle_reproduces_its_recorded_test_accuracy(bundled):
     )
     acc = 100.0 * float(np.mean(logits.argmax(axis=1) == labels))
     assert acc == pytest.approx(meta["metrics"]["acc"], abs=1e-6)
+
+
+def test_bundle_calibration_is_bcts_on_the_validation_split(bundled):
+    """``calibration.temperature`` T and ``calibration.class_bias`` b are what BCTS fits on the val split."""
+    meta, _, splits = bundled
+    cal = meta["calibration"]
+    assert cal["method"] == "bcts" and cal["fitted_on"] == "val"
+    images, labels = split_arrays(splits, "val")
+    session = ort.InferenceSession(str(VERSION_DIR / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = np.concatenate(
+        [session.run(["logits"], {"images": images[i : i + 100]})[0] for i in range(0, len(images), 100)]
+    ).astype(np.float64)
+    t, b = fit_bias_corrected_temperature(logits, labels, cal["bias_prior_std"])
+    # export fits on the torch logits, which match ONNX Runtime's within the parity tolerance (1e-4)
+    assert cal["temperature"] == pytest.approx(t, rel=1e-3)
+    np.testing.assert_allclose(cal["class_bias"], b, atol=1e-3)
+    assert len(cal["class_bias"]) == len(meta["class_names"]) and abs(sum(cal["class_bias"])) < 1e-9
