@@ -37,6 +37,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--max-batch-size", type=int, default=64, help="Triton max_batch_size (default: %(default)s)"
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument(
+        "--calibration",
+        default="bcts",
+        choices=["bcts", "temperature"],
+        help="fit T and a per-class bias b (bcts) or T only (temperature) on the validation split "
+        "(default: %(default)s)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip onnx.checker and the parity check")
     return p
 
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             opset=args.opset,
             verify=not args.no_verify,
             command=command,
+            calibration=args.calibration,
         )
     except (FileNotFoundError, FileExistsError, ValueError, ParityError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -6,7 +6,11 @@ A ResCom model is trained with the Siamese Balanced Softmax, so its raw logits `
 
     p_t(y | x) = softmax(z / T + log π_t)
 
-- ``T`` is a temperature fitted by NLL on a balanced validation split (:func:`fit_temperature`).
+- ``T`` is a temperature fitted by NLL on a balanced validation split (:func:`fit_temperature`), or, with
+  bias-corrected temperature scaling (BCTS, Alexandari et al. 2020), ``T`` and a per-class bias ``b`` fitted
+  jointly (:func:`fit_bias_corrected_temperature`); the calibrated logits are then ``a = z / T + b``
+  (:func:`calibrate_logits`, the one definition that export, evaluation and the service share) and every
+  posterior is ``softmax(a + log π_t)``. ``b = 0`` is plain temperature scaling.
 - ``π_t`` is uniform (no shift), the training prior ``π_train = n_c / N`` (:func:`prior_from_counts`),
   a user-supplied prior (:func:`normalize_prior`), or an estimate from unlabelled traffic by EM
   (Saerens, Latinne & Decaestecker 2002; :func:`em_prior`).
@@ -28,9 +32,12 @@ __all__ = [
     "prior_from_counts",
     "normalize_prior",
     "log_prior",
+    "parse_class_bias",
+    "calibrate_logits",
     "adjust_logits",
     "calibrated_probs",
     "fit_temperature",
+    "fit_bias_corrected_temperature",
     "nll",
     "brier_score",
     "expected_calibration_error",
@@ -133,25 +140,73 @@ def log_prior(prior: ArrayLike, eps: float = 0.0) -> np.ndarray:
         return np.log(p + eps)
 
 
+def parse_class_bias(value: Any, num_classes: int) -> np.ndarray | None:
+    """Validate a per-class logit bias ``b`` (``calibration.class_bias`` of ``rescom.json``).
+
+    Args:
+        value: ``None`` (no bias: exports without one, or without a validation split) or ``C`` finite numbers.
+        num_classes: ``C``.
+
+    Returns:
+        ``None`` when there is no bias or it is all zeros, else float64 ``[C]``.
+
+    Raises:
+        ValueError: not a list of ``C`` finite numbers.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence | np.ndarray):
+        raise ValueError(f"class_bias must be a list of {num_classes} numbers, got {type(value).__name__}")
+    items = list(value)
+    if len(items) != num_classes:
+        raise ValueError(f"class_bias has {len(items)} entries, the model has {num_classes} classes")
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, int | float | np.floating | np.integer):
+            raise ValueError(f"class_bias[{i}] must be a number, got {v!r}")
+        if not np.isfinite(float(v)):
+            raise ValueError(f"class_bias[{i}] must be finite, got {v}")
+    bias = np.asarray(items, dtype=np.float64)
+    return None if not np.any(bias) else bias
+
+
+def calibrate_logits(
+    logits: np.ndarray, temperature: float = 1.0, class_bias: ArrayLike | None = None
+) -> np.ndarray:
+    """Calibrated logits ``a = z / T + b`` (``[N, C]`` float64); ``class_bias=None`` means ``b = 0``.
+
+    ``softmax(a)`` is the posterior under the prior the model is calibrated for (uniform for Balanced Softmax).
+    Export fits ``T`` and ``b``, and the evaluation and the service (including the adaptive prior's EM window)
+    all go through this function, so what is measured is what is served.
+    """
+    if not temperature > 0 or not np.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    a = np.asarray(logits, dtype=np.float64) / temperature  # [N, C]
+    if class_bias is None:
+        return a
+    b = np.asarray(class_bias, dtype=np.float64)  # [C]
+    if b.shape != (a.shape[-1],):
+        raise ValueError(f"class_bias has shape {b.shape}, logits have {a.shape[-1]} classes")
+    return a + b
+
+
 def adjust_logits(
     logits: np.ndarray,
     temperature: float = 1.0,
     prior: ArrayLike | None = None,
     prior_strength: float = 1.0,
+    class_bias: ArrayLike | None = None,
 ) -> np.ndarray:
-    """Return ``z / T + s · log π`` (``[N, C]``); ``prior=None`` means uniform (no shift).
+    """Return ``z / T + b + s · log π`` (``[N, C]``); ``prior=None`` means uniform (no shift), ``None`` bias 0.
 
     ``s`` (``prior_strength``, Menon et al.'s τ) in ``[0, 1]`` softens the shift; 1 is Bayes' rule.
     """
-    if not temperature > 0 or not np.isfinite(temperature):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    z = np.asarray(logits, dtype=np.float64) / temperature  # [N, C]
+    a = calibrate_logits(logits, temperature, class_bias)  # [N, C]
     if prior is None:
-        return z
+        return a
     lp = log_prior(prior)  # [C]
-    if lp.shape[-1] != z.shape[-1]:
-        raise ValueError(f"prior has {lp.shape[-1]} classes, logits have {z.shape[-1]}")
-    return z + prior_strength * lp
+    if lp.shape[-1] != a.shape[-1]:
+        raise ValueError(f"prior has {lp.shape[-1]} classes, logits have {a.shape[-1]}")
+    return a + prior_strength * lp
 
 
 def calibrated_probs(
@@ -159,9 +214,11 @@ def calibrated_probs(
     temperature: float = 1.0,
     prior: ArrayLike | None = None,
     prior_strength: float = 1.0,
+    class_bias: ArrayLike | None = None,
 ) -> np.ndarray:
-    """``softmax(z / T + s · log π)``: the posterior under prior ``π`` (uniform when ``None``)."""
-    return softmax(adjust_logits(logits, temperature, prior, prior_strength))
+    """``softmax(z / T + b + s · log π)``: the posterior under prior ``π`` (uniform when ``None``; b = 0 when
+    ``class_bias`` is ``None``)."""
+    return softmax(adjust_logits(logits, temperature, prior, prior_strength, class_bias))
 
 
 def nll(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-12) -> float:
@@ -246,6 +303,115 @@ def fit_temperature(
     return float(1.0 / (0.5 * (lo + hi)))
 
 
+def fit_bias_corrected_temperature(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    bias_prior_std: float | None = 1.0,
+    bounds: tuple[float, float] = (0.05, 20.0),
+    max_iter: int = 100,
+    tol: float = 1e-12,
+) -> tuple[float, np.ndarray]:
+    """Bias-corrected temperature scaling (BCTS, Alexandari et al. 2020): fit ``T`` and a per-class bias ``b``.
+
+    Minimises over ``β = 1/T`` and ``b`` ``[C]``
+
+        L(β, b) = Σ_i −log softmax(β z_i + b)_{y_i} + ‖b‖² / (2 σ²)
+
+    i.e. the NLL of ``softmax(z / T + b)`` on labelled (validation) data with a Gaussian prior ``N(0, σ²)`` on
+    each bias (MAP; ``σ = bias_prior_std``, ``None`` = no penalty). The penalty is on the sum, not the mean, of
+    the NLL, so it fades as the split grows. ``L`` is convex in ``(β, b)`` (log-sum-exp of a linear map plus a
+    quadratic), so damped Newton steps (backtracking line search) find the minimum. ``softmax`` ignores a
+    constant added to ``b``; the gauge term ``(Σ_c b_c)² / 2`` (zero at the returned point) picks the
+    mean-zero ``b``. ``β`` is kept within ``bounds`` (as :func:`fit_temperature` clips ``T``).
+
+    Why: EM prior estimation (:func:`em_prior`) is only unbiased when ``softmax(z / T + b)`` averaged over data
+    drawn from the source prior gives that prior back; the stationarity condition of the unpenalised NLL in
+    ``b``, ``Σ_i p_i = Σ_i onehot(y_i)``, is exactly that condition on the validation split.
+
+    Args:
+        logits: ``[N, C]`` raw logits ``z``.
+        labels: ``[N]`` labels in ``0..C-1``.
+        bias_prior_std: ``σ > 0`` of the Gaussian prior on ``b`` (logit units), or ``None`` for plain maximum
+            likelihood (then every class needs at least one labelled sample, else its bias runs to ``−∞``).
+        bounds: ``(T_min, T_max)``.
+        max_iter: Newton iterations at most.
+        tol: stop when the Newton decrement ``gᵀH⁻¹g / 2`` per sample is below ``tol``.
+
+    Returns:
+        ``(T, b)``: ``T`` a float, ``b`` float64 ``[C]`` with ``Σ_c b_c = 0``. Deterministic.
+
+    Raises:
+        ValueError: bad shapes, labels out of range, ``σ <= 0``, or a class without samples when ``σ`` is None.
+    """
+    z = np.asarray(logits, dtype=np.float64)  # [N, C]
+    y = np.asarray(labels, dtype=np.int64)  # [N]
+    if z.ndim != 2 or y.shape != (z.shape[0],) or z.shape[0] == 0:
+        raise ValueError(f"need logits [N, C] and labels [N] with N > 0, got {z.shape} and {y.shape}")
+    n, c = z.shape
+    if y.min() < 0 or y.max() >= c:
+        raise ValueError(f"labels must be in 0..{c - 1}")
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits must be finite")
+    if bias_prior_std is None:
+        lam = 0.0
+        missing = np.flatnonzero(np.bincount(y, minlength=c) == 0)
+        if missing.size:
+            raise ValueError(
+                f"classes {missing[:10].tolist()} have no labelled sample: their maximum-likelihood bias is "
+                "-inf; pass bias_prior_std > 0"
+            )
+    elif not (np.isfinite(bias_prior_std) and bias_prior_std > 0):
+        raise ValueError(f"bias_prior_std must be a finite number > 0 or None, got {bias_prior_std}")
+    else:
+        lam = 1.0 / float(bias_prior_std) ** 2
+    beta_lo, beta_hi = 1.0 / bounds[1], 1.0 / bounds[0]
+    onehot = np.zeros((n, c))
+    onehot[np.arange(n), y] = 1.0
+    z_true = z[np.arange(n), y]  # [N]
+
+    def objective(beta: float, b: np.ndarray) -> float:
+        a = beta * z + b  # [N, C]
+        m = a.max(axis=1)
+        lse = m + np.log(np.exp(a - m[:, None]).sum(axis=1))
+        return float(np.sum(lse - beta * z_true - b[y]) + 0.5 * lam * (b @ b) + 0.5 * b.sum() ** 2)
+
+    beta = float(np.clip(1.0, beta_lo, beta_hi))
+    b = np.zeros(c)
+    value = objective(beta, b)
+    for _ in range(max_iter):
+        p = softmax(beta * z + b)  # [N, C]
+        resid = p - onehot  # [N, C]
+        ez = np.sum(p * z, axis=1)  # [N] E_p[z]
+        grad = np.empty(c + 1)
+        grad[0] = np.sum(resid * z)
+        grad[1:] = resid.sum(axis=0) + lam * b + b.sum()
+        hess = np.empty((c + 1, c + 1))
+        hess[0, 0] = np.sum(p * z * z) - ez @ ez  # Σ_i Var_p(z_i)
+        hess[0, 1:] = hess[1:, 0] = np.sum(p * z, axis=0) - p.T @ ez  # Σ_i Cov_p(z_i, e_c)
+        hess[1:, 1:] = np.diag(p.sum(axis=0)) - p.T @ p + lam * np.eye(c) + 1.0  # + gauge 11ᵀ
+        free = np.ones(c + 1, dtype=bool)
+        # β at a bound with the gradient pushing outwards: hold it there and step in b only.
+        if (beta <= beta_lo and grad[0] > 0) or (beta >= beta_hi and grad[0] < 0):
+            free[0] = False
+        step = np.zeros(c + 1)
+        step[free] = np.linalg.solve(hess[np.ix_(free, free)], grad[free])
+        decrement = float(grad @ step)
+        if decrement / (2 * n) < tol:
+            break
+        t = 1.0
+        while True:
+            new_beta = float(np.clip(beta - t * step[0], beta_lo, beta_hi))
+            new_b = b - t * step[1:]
+            new_value = objective(new_beta, new_b)
+            if new_value <= value - 0.25 * t * decrement or t < 1e-12:
+                break
+            t *= 0.5
+        if new_value > value:  # no descent left at machine precision
+            break
+        beta, b, value = new_beta, new_b, new_value
+    return float(1.0 / beta), b - b.mean()
+
+
 def em_prior(
     logits: np.ndarray,
     temperature: float = 1.0,
@@ -254,11 +420,15 @@ def em_prior(
     dirichlet_alpha: float | ArrayLike = 1.0,
     max_iter: int = 100,
     tol: float = 1e-6,
+    class_bias: ArrayLike | None = None,
 ) -> tuple[np.ndarray, int]:
     """Estimate the deployment label prior ``π_t`` from unlabelled logits by EM (Saerens et al. 2002).
 
-    E-step: ``q_ic ∝ (π_c / π_s,c) · p_s(c | x_i)`` with ``p_s = softmax(z / T)``; for a Balanced-Softmax
-    model the source prior ``π_s`` is uniform, which gives ``q_ic ∝ π_c · exp(z_ic / T)``.
+    E-step: ``q_ic ∝ (π_c / π_s,c) · p_s(c | x_i)`` with ``p_s = softmax(z / T + b)`` (:func:`calibrate_logits`);
+    for a Balanced-Softmax model the source prior ``π_s`` is uniform, which gives ``q_ic ∝ π_c · exp(z_ic / T +
+    b_c)``. EM is only as good as ``p_s`` is calibrated per class: with a model whose ``softmax(z / T)``
+    over-predicts some classes, EM shifts ``π`` towards them even without label shift, which is what the
+    bias ``b`` of :func:`fit_bias_corrected_temperature` corrects (Alexandari et al. 2020).
     M-step with a symmetric or per-class Dirichlet(α) prior (MAP):
     ``π_c = (Σ_i q_ic + α_c − 1) / (N + Σ_c α_c − C)``. ``α = 1`` is the plain maximum-likelihood step;
     ``α > 1`` keeps small windows from collapsing a class to 0.
@@ -271,6 +441,7 @@ def em_prior(
         dirichlet_alpha: ``α`` (scalar or ``[C]``), each ``>= 1``.
         max_iter: iteration cap.
         tol: stop when ``‖π^{t+1} − π^t‖₁ < tol``.
+        class_bias: per-class bias ``b`` ``[C]`` added after the temperature (``None`` = 0).
 
     Returns:
         ``(π_t [C], iterations)``.
@@ -282,7 +453,7 @@ def em_prior(
     alpha = np.broadcast_to(np.asarray(dirichlet_alpha, dtype=np.float64), (c,))
     if np.any(alpha < 1):
         raise ValueError("dirichlet_alpha must be >= 1 for every class")
-    log_ps = log_softmax(z / temperature)  # [N, C]
+    log_ps = log_softmax(calibrate_logits(z, temperature, class_bias))  # [N, C]
     if source_prior is not None:
         log_ps = log_ps - log_prior(source_prior, eps=1e-12)
     pi = np.full(c, 1.0 / c) if init is None else normalize_prior(init, c)

@@ -185,3 +185,132 @@ def test_em_prior_with_a_source_prior_undoes_it():
     z_source = z + np.log(source)  # posteriors calibrated for the source prior
     pi, _ = cal.em_prior(z_source, source_prior=source, dirichlet_alpha=1.0, max_iter=500, tol=1e-9)
     assert np.abs(pi - target).max() < 0.03, pi
+
+
+# --- bias-corrected temperature scaling (BCTS) --------------------------------------------------------------------
+
+
+def _bcts_objective(z: np.ndarray, y: np.ndarray, beta: float, b: np.ndarray, sigma: float | None) -> float:
+    """Σ_i −log softmax(β z_i + b)_{y_i} + ‖b‖² / (2σ²), written out."""
+    a = beta * z + b
+    lse = np.log(np.exp(a - a.max(1, keepdims=True)).sum(1)) + a.max(1)
+    penalty = 0.0 if sigma is None else float(b @ b) / (2 * sigma**2)
+    return float(np.sum(lse - a[np.arange(len(y)), y]) + penalty)
+
+
+def test_bcts_recovers_a_known_temperature_and_bias():
+    rng = np.random.default_rng(4)
+    true_t, true_b = 1.6, np.array([0.8, -0.5, 0.0, 0.6, -0.9])
+    # labels ~ softmax(z / T + b): the calibrated posterior is known (log prior = b up to a constant)
+    z, y = _sample(40_000, 5, true_t, cal.softmax(true_b), rng)
+    t, b = cal.fit_bias_corrected_temperature(z, y, bias_prior_std=None)
+    assert abs(t - true_t) / true_t < 0.03, t
+    np.testing.assert_allclose(b, true_b - true_b.mean(), atol=0.05)
+    assert abs(b.sum()) < 1e-9
+    # the Gaussian prior on b is negligible with 40k samples
+    t1, b1 = cal.fit_bias_corrected_temperature(z, y, bias_prior_std=1.0)
+    assert abs(t1 - t) < 1e-3 and np.abs(b1 - b).max() < 5e-3
+
+
+def test_bcts_matches_a_brute_force_grid_search():
+    rng = np.random.default_rng(5)
+    # two classes: b = (c, −c); minimise the penalised NLL over a fine (β, c) grid
+    z = rng.normal(0.0, 2.0, size=(300, 2))
+    y = (rng.random(300) < cal.softmax(z / 0.8 + np.array([0.7, -0.7]))[:, 1]).astype(int)
+    sign = np.where(y == 0, 1.0, -1.0)  # b_y = sign · c
+    betas, cs = np.linspace(0.6, 2.0, 281), np.linspace(-1.5, 1.5, 301)  # steps 0.005, 0.01
+    for sigma in (0.5, None):
+        t, b = cal.fit_bias_corrected_temperature(z, y, bias_prior_std=sigma)
+        penalty = 0.0 if sigma is None else cs**2 / sigma**2  # ‖(c, −c)‖² / (2σ²)
+        grid = np.empty((betas.size, cs.size))
+        for i, beta in enumerate(betas):  # Σ_i logaddexp(β z_i0 + c, β z_i1 − c) − (β z_iy + b_y)
+            a0, a1 = beta * z[:, :1] + cs, beta * z[:, 1:] - cs  # [N, K]
+            true = beta * z[np.arange(300), y][:, None] + sign[:, None] * cs
+            grid[i] = np.sum(np.logaddexp(a0, a1) - true, axis=0) + penalty
+        i, j = np.unravel_index(grid.argmin(), grid.shape)
+        assert abs(1 / t - betas[i]) <= 0.005 and abs(b[0] - cs[j]) <= 0.01, (1 / t, b, betas[i], cs[j])
+        assert b[1] == pytest.approx(-b[0], abs=1e-12)
+        assert _bcts_objective(z, y, 1 / t, b, sigma) <= grid.min() + 1e-9
+        assert _bcts_objective(z, y, betas[i], np.array([cs[j], -cs[j]]), sigma) == pytest.approx(grid.min())
+
+
+def test_bcts_stationarity_makes_em_unbiased_on_its_own_split():
+    # A model that over-predicts class 0 and under-predicts class 2 on a balanced split: temperature scaling
+    # cannot fix it, so EM "finds" a label shift that is not there; with b fitted by maximum likelihood the mean
+    # posterior equals the label histogram (dL/db = 0), so uniform is EM's fixed point on this split.
+    rng = np.random.default_rng(6)
+    y = np.repeat(np.arange(4), 300)
+    z = rng.normal(0.0, 1.0, size=(1200, 4))
+    z[np.arange(1200), y] += 2.0
+    z += np.array([0.8, 0.0, -0.8, 0.0])
+    t_ts = cal.fit_temperature(z, y)
+    pi_ts, _ = cal.em_prior(z, t_ts, dirichlet_alpha=1.0, max_iter=1000, tol=1e-12)
+    assert np.abs(pi_ts - 0.25).max() > 0.05
+    t, b = cal.fit_bias_corrected_temperature(z, y, bias_prior_std=None)
+    probs = cal.calibrated_probs(z, t, class_bias=b)
+    np.testing.assert_allclose(probs.mean(axis=0), 0.25, atol=1e-8)
+    pi, _ = cal.em_prior(z, t, dirichlet_alpha=1.0, max_iter=1000, tol=1e-12, class_bias=b)
+    np.testing.assert_allclose(pi, 0.25, atol=1e-6)
+    assert b[0] < 0 < b[2]
+    # the fit beats temperature scaling in NLL on its own data, and is deterministic
+    assert cal.nll(probs, y) < cal.nll(cal.softmax(z / t_ts), y)
+    t2, b2 = cal.fit_bias_corrected_temperature(z, y, bias_prior_std=None)
+    assert t2 == t and np.array_equal(b2, b)
+
+
+def test_bcts_with_a_strong_bias_prior_is_temperature_scaling():
+    rng = np.random.default_rng(7)
+    z, y = _sample(3000, 6, 2.0, np.full(6, 1 / 6), rng)
+    t, b = cal.fit_bias_corrected_temperature(z, y, bias_prior_std=1e-6)
+    assert t == pytest.approx(cal.fit_temperature(z, y), rel=1e-5)
+    assert np.abs(b).max() < 1e-6
+
+
+def test_bcts_input_checks_and_bounds():
+    with pytest.raises(ValueError, match="no labelled sample"):
+        cal.fit_bias_corrected_temperature(np.zeros((4, 3)), np.array([0, 1, 0, 1]), bias_prior_std=None)
+    with pytest.raises(ValueError, match="bias_prior_std"):
+        cal.fit_bias_corrected_temperature(np.zeros((4, 3)), np.array([0, 1, 2, 1]), bias_prior_std=0.0)
+    with pytest.raises(ValueError, match="labels"):
+        cal.fit_bias_corrected_temperature(np.zeros((3, 2)), np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match="finite"):
+        cal.fit_bias_corrected_temperature(np.full((2, 2), np.nan), np.array([0, 1]))
+    # separable data: T heads for 0 and stays within the bounds; a class missing from the split gets b < 0
+    z = np.array([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0]] * 3)
+    t, b = cal.fit_bias_corrected_temperature(z, np.array([0, 1] * 3), bounds=(0.1, 5.0))
+    assert 0.1 <= t < 1.0 and b[2] < b[0] and b[2] < b[1]
+
+
+def test_calibrate_logits_and_the_class_bias_everywhere():
+    z = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    b = np.array([0.3, -0.1, -0.2])
+    np.testing.assert_allclose(cal.calibrate_logits(z, 2.0, b), z / 2.0 + b)
+    np.testing.assert_allclose(cal.calibrate_logits(z, 2.0), z / 2.0)
+    pi = np.array([0.5, 0.3, 0.2])
+    np.testing.assert_allclose(cal.adjust_logits(z, 2.0, pi, class_bias=b), z / 2.0 + b + np.log(pi))
+    np.testing.assert_allclose(
+        cal.calibrated_probs(z, 2.0, pi, class_bias=b), cal.softmax(z / 2 + b + np.log(pi))
+    )
+    em_b, _ = cal.em_prior(z, 2.0, class_bias=b, dirichlet_alpha=1.0, max_iter=50)
+    em_a, _ = cal.em_prior(z / 2.0 + b, 1.0, dirichlet_alpha=1.0, max_iter=50)
+    np.testing.assert_allclose(em_b, em_a, atol=1e-12)
+    with pytest.raises(ValueError, match="class_bias"):
+        cal.calibrate_logits(z, 1.0, [0.0, 0.0])
+    with pytest.raises(ValueError, match="temperature"):
+        cal.calibrate_logits(z, -1.0, b)
+
+
+def test_parse_class_bias_validates_the_metadata_value():
+    assert cal.parse_class_bias(None, 3) is None
+    assert cal.parse_class_bias([0, 0.0, 0], 3) is None  # zeros: plain temperature scaling
+    np.testing.assert_array_equal(cal.parse_class_bias([0.5, -0.25, 0], 3), [0.5, -0.25, 0.0])
+    for bad, message in (
+        ([0.0, 1.0], "2 entries"),
+        ([0.0, float("inf"), 0.0], "finite"),
+        ([0.0, "1", 0.0], "number"),
+        ([0.0, True, 0.0], "number"),
+        ("0,0,0", "list"),
+        ({"0": 1.0}, "list"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            cal.parse_class_bias(bad, 3)

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rescom.calibration import em_prior, log_softmax
+from rescom.calibration import (
+    calibrate_logits,
+    em_prior,
+    fit_bias_corrected_temperature,
+    fit_temperature,
+    log_softmax,
+    softmax,
+)
 from rescom.evaluation import (
     evaluate_logits,
     label_shift_study,
@@ -183,6 +190,61 @@ def test_source_prior_makes_a_ce_model_equivalent_to_its_balanced_logits():
             assert a["methods"][method] == pytest.approx(values)
 
 
+def test_class_bias_enters_every_calibrated_posterior_and_em():
+    """``"scaled"`` numbers, EM and every label-shift method use z / T + b; ``"raw"`` uses z."""
+    logits, labels = synthetic(signal=1.5)
+    bias, t = np.linspace(-1.0, 1.0, C), 1.3  # a deliberately large bias
+    r = evaluate_logits(logits, labels, COUNTS, t, class_bias=bias, shift_factors=[5], shift_seeds=range(2))
+    a = logits / t + bias  # [N, C]
+    assert r["class_bias"] == pytest.approx(bias.tolist())
+    assert r["longtail"]["uniform"]["acc"] == pytest.approx(100 * np.mean(a.argmax(1) == labels))
+    assert r["calibration"]["uniform"]["raw"]["acc"] == pytest.approx(
+        100 * np.mean(logits.argmax(1) == labels)
+    )
+    nll_scaled = -np.mean(log_softmax(a)[np.arange(labels.size), labels])
+    assert r["calibration"]["uniform"]["scaled"]["nll"] == pytest.approx(nll_scaled)
+    pi_hat, _ = em_prior(a, 1.0, dirichlet_alpha=r["em_alpha"], max_iter=200, tol=1e-7)
+    np.testing.assert_allclose(r["adaptive_prior"], pi_hat, atol=1e-9)
+    for rec in r["label_shift"]["records"][:3]:  # forward-5 seeds 0, 1, then uniform seed 0
+        shifted = make_shifted_set(labels, rec["kind"], rec["imbalance_factor"], rec["seed"], C)
+        z, y = a[shifted.indices], labels[shifted.indices]
+        pi_set, _ = em_prior(z, 1.0, dirichlet_alpha=r["em_alpha"], max_iter=200, tol=1e-7)
+        for method, prior in (
+            ("uniform", np.full(C, 1 / C)),
+            ("oracle", shifted.prior),
+            ("adaptive", pi_set),
+        ):
+            p = softmax(z + np.log(prior))
+            assert rec["methods"][method]["acc"] == pytest.approx(100 * np.mean(p.argmax(1) == y))
+            assert rec["methods"][method]["nll"] == pytest.approx(-np.mean(np.log(p[np.arange(y.size), y])))
+    with pytest.raises(ValueError, match="class_bias"):
+        evaluate_logits(logits, labels, COUNTS, t, class_bias=bias[:3])
+
+
+def test_bias_fitted_on_a_validation_split_removes_em_drift_without_shift():
+    """A model that over-predicts some classes: with T alone EM drifts away from uniform on a balanced test set
+    (and costs accuracy); with BCTS (T and b fitted on a separate balanced validation split) it does not."""
+    offset = np.array(
+        [0.9, 0.0, -0.9, 0.0, 0.6, 0.0, -0.6, 0.0, 0.0, 0.0]
+    )  # per-class logit bias of the model
+    val_z, val_y = synthetic(per_class=60, signal=2.5, seed=11)
+    test_z, test_y = synthetic(per_class=PER_CLASS, signal=2.5, seed=12)
+    val_z, test_z = val_z + offset, test_z + offset
+    train_prior = np.asarray(COUNTS) / sum(COUNTS)
+    t_ts = fit_temperature(val_z, val_y)
+    t, b = fit_bias_corrected_temperature(val_z, val_y)
+    assert np.corrcoef(b, -offset)[0, 1] > 0.9  # b undoes the offset (up to its Gaussian prior)
+    (ts,) = label_shift_study(test_z, test_y, train_prior, t_ts, kinds=["uniform"], seeds=[0])
+    (bcts,) = label_shift_study(test_z, test_y, train_prior, t, kinds=["uniform"], seeds=[0], class_bias=b)
+    assert bcts["em_prior_tv"] < 0.5 * ts["em_prior_tv"]
+    gap = {
+        k: r["methods"]["adaptive"]["acc"] - r["methods"]["uniform"]["acc"]
+        for k, r in (("ts", ts), ("bcts", bcts))
+    }
+    assert gap["bcts"] >= -0.5 and gap["bcts"] > gap["ts"], gap
+    np.testing.assert_allclose(calibrate_logits(test_z, t, b), test_z / t + b)
+
+
 def test_posterior_rejects_unknown_prior():
     with pytest.raises(ValueError, match="uniform, train, adaptive, oracle"):
         posterior(np.zeros((2, 3)), "balanced")
@@ -282,11 +344,25 @@ def test_report_of_an_exported_model(tiny_run, tmp_path):
         str(repo / "tiny" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     logits = session.run(["logits"], {"images": images})[0]
-    acc = 100 * np.mean(logits.argmax(1) == labels)
-    assert onnx_entry["results"]["longtail"]["uniform"]["acc"] == pytest.approx(acc)
-    assert onnx_entry["results"]["longtail"]["uniform"]["acc"] == pytest.approx(metrics["acc"], abs=0.21)
-    assert torch_entry["results"]["longtail"]["uniform"]["acc"] == pytest.approx(acc, abs=0.21)
-    assert onnx_entry["results"]["temperature"] == pytest.approx(metrics["temperature"])
+    meta = json.loads((repo / "tiny" / "1" / "rescom.json").read_text())
+    cal = meta["calibration"]
+    assert (
+        meta["dataset_kwargs"] == onnx_entry["dataset_kwargs"]
+        and "imbalance_factor" in meta["dataset_kwargs"]
+    )
+    # the uniform prior as served: argmax of z / T + b (BCTS fitted at export); the raw argmax is training's
+    served = calibrate_logits(logits, cal["temperature"], cal["class_bias"])
+    assert onnx_entry["results"]["longtail"]["uniform"]["acc"] == pytest.approx(
+        100 * np.mean(served.argmax(1) == labels)
+    )
+    raw_acc = 100 * np.mean(logits.argmax(1) == labels)
+    assert raw_acc == pytest.approx(metrics["acc"], abs=0.21)
+    assert onnx_entry["results"]["calibration"]["uniform"]["raw"]["acc"] == pytest.approx(raw_acc)
+    # the checkpoint has T only (no bias): its uniform prior is the raw argmax
+    assert torch_entry["results"]["longtail"]["uniform"]["acc"] == pytest.approx(raw_acc, abs=0.21)
+    assert torch_entry["results"]["class_bias"] is None
+    assert onnx_entry["results"]["temperature"] == pytest.approx(cal["temperature"])
+    assert onnx_entry["results"]["class_bias"] == pytest.approx(cal["class_bias"])
     assert onnx_entry["class_counts"] == metrics["class_counts"]
 
     # a dataset built with other kwargs is refused: its test split is not the model's

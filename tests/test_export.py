@@ -8,8 +8,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.exporter import export_checkpoint, split_images
+from export.exporter import export_checkpoint, fit_calibration, split_images
 from export.to_onnx import main as to_onnx_main
+from rescom.calibration import fit_bias_corrected_temperature
 from rescom.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,20 @@ def test_metadata_carries_everything_the_service_needs(exported):
     assert meta == result.metadata
     assert meta["class_names"] == metrics["class_names"] and meta["class_counts"] == metrics["class_counts"]
     assert meta["metrics"]["acc"] == pytest.approx(metrics["acc"])
-    assert meta["calibration"]["temperature"] == pytest.approx(metrics["temperature"])
+    # BCTS (the default): T and the class bias b fitted on the validation split's logits
+    cal = meta["calibration"]
+    assert cal["method"] == "bcts" and cal["fitted_on"] == "val" and cal["prior"] == "uniform"
+    state = load_checkpoint(run_dir / "best.pt")
+    val_images, val_labels = split_images(state, "val", None)
+    session = ort.InferenceSession(
+        str(repo / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    val_logits = session.run(["logits"], {"images": val_images})[0].astype(np.float64)
+    t, b = fit_bias_corrected_temperature(val_logits, val_labels, cal["bias_prior_std"])
+    assert cal["temperature"] == pytest.approx(t, rel=1e-3)
+    np.testing.assert_allclose(cal["class_bias"], b, atol=1e-3)
+    assert len(cal["class_bias"]) == 10 and abs(sum(cal["class_bias"])) < 1e-9
+    assert meta["dataset"] == "digits_lt" and meta["dataset_kwargs"] == state["meta"]["dataset_kwargs"]
     assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
     ckpt = load_checkpoint(run_dir / "best.pt")["meta"]
@@ -62,6 +76,28 @@ def test_metadata_carries_everything_the_service_needs(exported):
     props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     embedded = json.loads(props["rescom"])
     assert embedded["class_names"] == meta["class_names"] and embedded["onnx"]["sha256"] is None
+
+
+def test_fit_calibration_methods_and_fallbacks():
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(0, 2, (200, 4)), np.repeat(np.arange(4), 50)
+    bcts = fit_calibration(z, y, 4, 0.9, "bcts", bias_prior_std=1.0)
+    t, b = fit_bias_corrected_temperature(z, y, 1.0)
+    assert bcts["temperature"] == t and bcts["class_bias"] == b.tolist() and bcts["fitted_on"] == "val"
+    # temperature only: the checkpoint's T (fitted by training on the same split) and b = 0
+    ts = fit_calibration(z, y, 4, 0.9, "temperature")
+    assert ts == {
+        "method": "temperature",
+        "temperature": 0.9,
+        "class_bias": [0.0] * 4,
+        "bias_prior_std": None,
+        "fitted_on": "checkpoint",
+    }
+    # no validation split: the checkpoint's T (or none) and zeros
+    none = fit_calibration(None, None, 4, None, "bcts")
+    assert none["temperature"] is None and none["class_bias"] == [0.0] * 4 and none["method"] == "temperature"
+    with pytest.raises(ValueError, match="bcts, temperature"):
+        fit_calibration(z, y, 4, None, "vector")
 
 
 def test_onnx_graph_has_a_dynamic_batch_and_uint8_input(exported):

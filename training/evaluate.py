@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import yaml
 
-from rescom.calibration import prior_from_counts
+from rescom.calibration import parse_class_bias, prior_from_counts
 from rescom.checkpoint import to_plain
 from rescom.evaluation import DEFAULT_EM_ALPHA, DEFAULT_SHIFT_FACTORS, SHIFT_KINDS, evaluate_logits
 from rescom.evaluation.report import EM_MAX_ITER, EM_TOL
@@ -57,6 +57,7 @@ class LoadedModel:
     crop: int
     predict: Predict
     info: dict[str, Any] = field(default_factory=dict)
+    class_bias: list[float] | None = None  # b of BCTS (calibration.class_bias); None = 0
 
 
 # --- model loading ---------------------------------------------------------------------------------------------
@@ -91,6 +92,8 @@ def load_onnx_model(repository: str | Path, name: str, version: int | None = Non
             f"{meta_path} not found (versions: {sorted(p.name for p in model_dir.iterdir())})"
         )
     meta = json.loads(meta_path.read_text())
+    calibration = meta.get("calibration") or {}
+    bias = parse_class_bias(calibration.get("class_bias"), len(meta["class_names"]))
     onnx_path = vdir / (meta.get("onnx") or {}).get("file", "model.onnx")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
@@ -107,11 +110,12 @@ def load_onnx_model(repository: str | Path, name: str, version: int | None = Non
         dataset_kwargs=dict(meta.get("dataset_kwargs") or {}),
         class_names=[str(c) for c in meta["class_names"]],
         class_counts=[int(c) for c in meta["class_counts"]],
-        temperature=(meta.get("calibration") or {}).get("temperature"),
+        temperature=calibration.get("temperature"),
         resize=int(pre["resize"]),
         crop=int(pre["crop"]),
         predict=predict,
         info={"runtime": f"onnxruntime {ort.__version__}", "metrics_at_export": meta.get("metrics")},
+        class_bias=None if bias is None else bias.tolist(),
     )
 
 
@@ -278,6 +282,7 @@ def write_report(
                 out_dir / f"{slug}_reliability.png",
                 r["temperature"],
                 title=f"{title}: reliability",
+                class_bias=r.get("class_bias") is not None,
             ),
             f"{title}: most confused classes": plot_confusions(
                 r["confusion_matrix"],
@@ -312,6 +317,12 @@ def write_report(
         f"{settings['seeds']} seeds (0..{settings['seeds'] - 1}); EM: Dirichlet alpha = {settings['em_alpha']}, "
         f"uniform start, {EM_MAX_ITER} iterations at most, tolerance {EM_TOL:g} (rescom.calibration.em_prior; "
         "the service's settings).",
+        "Calibrated logits are z / T + b (rescom.calibration.calibrate_logits, as served): T and the per-class "
+        "bias b fitted on the validation split at export (BCTS; b = 0 when the model records none). 'raw' "
+        "columns use z itself. The adaptive prior's EM runs on the calibrated logits.",
+        "The uniform set is the whole balanced test split in every seed, so its numbers do not vary with the "
+        "seed; small forward/backward sets keep few rare-class images: gaps of a few tenths of a point are a "
+        "handful of images.",
         "report.json holds every number of this page, including the per-seed records of the label-shift study.",
     ]
     html_path = write_html(
@@ -481,6 +492,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shift_factors=args.shift_factors,
             shift_seeds=range(args.seeds),
             source_prior=source_prior,
+            class_bias=None if model.class_bias is None else np.asarray(model.class_bias),
         )
         entries.append(
             {

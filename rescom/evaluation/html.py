@@ -57,6 +57,7 @@ def _summary_table(models: Sequence[Mapping[str, Any]]) -> str:
         "method",
         "N test",
         "T",
+        "max |b|",
         "top-1",
         "Many",
         "Medium",
@@ -78,6 +79,7 @@ def _summary_table(models: Sequence[Mapping[str, Any]]) -> str:
                 f"{m.get('method')} (π_s = train)" if m.get("source_prior") == "train" else m.get("method"),
                 r["num_samples"],
                 r["temperature"],
+                max((abs(v) for v in r.get("class_bias") or []), default=0.0),
                 lt["acc"],
                 lt["many"],
                 lt["medium"],
@@ -96,14 +98,14 @@ def _calibration_table(models: Sequence[Mapping[str, Any]]) -> str:
     header = [
         "model",
         "prior",
-        "acc (T=1)",
-        "ECE % (T=1)",
-        "NLL (T=1)",
-        "Brier (T=1)",
-        "acc (T)",
-        "ECE % (T)",
-        "NLL (T)",
-        "Brier (T)",
+        "acc (z)",
+        "ECE % (z)",
+        "NLL (z)",
+        "Brier (z)",
+        "acc (z/T+b)",
+        "ECE % (z/T+b)",
+        "NLL (z/T+b)",
+        "Brier (z/T+b)",
     ]
     rows = []
     for m in models:

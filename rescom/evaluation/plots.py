@@ -86,6 +86,7 @@ def plot_reliability(
     path: str | Path,
     temperature: float | None = None,
     title: str = "",
+    class_bias: bool = False,
 ) -> Path:
     """Reliability diagrams, one panel per prior (uniform / train / adaptive), ``T = 1`` and fitted ``T``.
 
@@ -96,10 +97,13 @@ def plot_reliability(
         path: PNG to write.
         temperature: fitted T (legend label).
         title: figure title.
+        class_bias: whether the calibrated logits include a per-class bias b (``z / T + b``; legend label).
     """
     priors = [p for p in PRIORS if p in reliability]
     fig, axes = plt.subplots(1, len(priors), figsize=(4.0 * len(priors), 4.0), squeeze=False)
     t_label = "fitted T" if temperature is None else f"T = {temperature:.3g}"
+    if class_bias:
+        t_label = f"z/T + b, {t_label}"
     for ax, prior in zip(axes[0], priors, strict=True):
         ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=0.8)
         for mode, label, style in (("raw", "T = 1", ":"), ("scaled", t_label, "-")):

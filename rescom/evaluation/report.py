@@ -1,7 +1,8 @@
 """Numbers of the evaluation report, computed from raw logits ``z`` ``[N, C]`` and labels ``[N]`` (numpy only).
 
 Every posterior is the serving one (:mod:`rescom.calibration`, method brief §6.1):
-``p = softmax(z / T + log π)`` with
+``p = softmax(a + log π)`` with the calibrated logits ``a = z / T + b``
+(:func:`rescom.calibration.calibrate_logits`, the function the service uses) and
 
 - ``uniform``: no shift (the Balanced-Softmax posterior under a balanced test set);
 - ``train``: ``π_train = n_c / N`` from the training class counts;
@@ -9,8 +10,11 @@ Every posterior is the serving one (:mod:`rescom.calibration`, method brief §6.
   symmetric Dirichlet(α) MAP M-step (:func:`rescom.calibration.em_prior`);
 - ``oracle`` (label-shift study only): the true prior ``π_true`` of the resampled test set.
 
-``T`` is the temperature fitted on the validation split (``rescom.json`` ``calibration.temperature``); the
-calibration table reports every prior with ``T = 1`` (``"raw"``) and with the fitted ``T`` (``"scaled"``).
+``T`` is the temperature and ``b`` the per-class bias fitted on the validation split (``rescom.json``
+``calibration.temperature`` / ``calibration.class_bias``; ``b = 0`` for plain temperature scaling or old
+exports); the calibration table reports every prior on the raw logits (``"raw"``: ``T = 1``, ``b = 0``) and on
+the calibrated ones (``"scaled"``: fitted ``T`` and ``b``). EM (``adaptive``) always runs on the calibrated
+logits, as in the service.
 
 ``source_prior`` ``π_s`` (default ``None`` = uniform, the serving contract for Balanced-Softmax logits) is the
 prior the model's ``softmax(z / T)`` is calibrated for. A plain-CE model is calibrated for ``π_train``; with
@@ -28,6 +32,7 @@ import numpy as np
 
 from rescom.calibration import (
     brier_score,
+    calibrate_logits,
     calibrated_probs,
     em_prior,
     expected_calibration_error,
@@ -91,8 +96,9 @@ def posterior(
     true_prior: np.ndarray | None = None,
     em_alpha: float = DEFAULT_EM_ALPHA,
     source_prior: np.ndarray | None = None,
+    class_bias: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``softmax(z / T + log π − log π_s)`` for a named prior π (``π_s`` uniform by default: no correction).
+    """``softmax(z / T + b + log π − log π_s)`` for a named prior π (``π_s`` uniform by default: no correction).
 
     Args:
         logits: ``[N, C]`` raw logits z.
@@ -102,6 +108,7 @@ def posterior(
         true_prior: ``π_true`` ``[C]`` (needed by ``"oracle"``).
         em_alpha: Dirichlet α of the EM M-step (``"adaptive"``), >= 1.
         source_prior: ``π_s`` ``[C]`` the logits are calibrated for (``None`` = uniform, Balanced Softmax).
+        class_bias: per-class bias ``b`` ``[C]`` (``None`` = 0), applied with ``T`` and inside EM.
 
     Returns:
         ``(probs [N, C], π [C] or None for uniform)``.
@@ -124,10 +131,12 @@ def posterior(
             dirichlet_alpha=em_alpha,
             max_iter=EM_MAX_ITER,
             tol=EM_TOL,
+            class_bias=class_bias,
         )
     else:
         raise ValueError(f"prior must be one of uniform, train, adaptive, oracle; got {prior!r}")
-    return calibrated_probs(logits, temperature, relative_prior(pi, source_prior)), pi
+    probs = calibrated_probs(logits, temperature, relative_prior(pi, source_prior), class_bias=class_bias)
+    return probs, pi
 
 
 def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
@@ -203,12 +212,19 @@ def label_shift_study(
     em_alpha: float = DEFAULT_EM_ALPHA,
     n_max: int | None = None,
     source_prior: np.ndarray | None = None,
+    class_bias: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Accuracy and NLL of each prior on test sets resampled to shifted priors (:mod:`rescom.evaluation.shift`).
 
     For every ``kind`` × IF × seed (``uniform`` once per seed, whatever the IFs) the set is drawn, then scored
     with ``uniform``, ``train``, ``oracle`` (``π_true`` = realised histogram) and ``adaptive`` (EM on the
-    set's own unlabelled logits).
+    set's own unlabelled logits): ``softmax(z / T + b + log π)`` for each (``b = 0`` when ``class_bias`` is
+    ``None``).
+
+    The test split is resampled, never enlarged: with the default ``n_max`` (smallest test class) the
+    ``uniform`` set is the whole balanced test split in every seed (seeds then only shuffle it), and a
+    forward / backward set with a large IF keeps few images of its rare classes, so differences of a few
+    tenths of a point are a handful of images.
 
     Args:
         logits: ``[N, C]`` raw logits of the whole test set.
@@ -221,14 +237,15 @@ def label_shift_study(
         em_alpha: Dirichlet α of EM.
         n_max: head-class size (default: smallest test class, replacement-free).
         source_prior: ``π_s`` the logits are calibrated for (``None`` = uniform; see the module docstring).
+        class_bias: per-class bias ``b`` ``[C]`` added after ``T`` (``None`` = 0), for every method and EM.
 
     Returns:
         One record per set: ``{"set", "kind", "imbalance_factor", "seed", "size", "with_replacement",
         "em_prior_tv", "em_iterations", "methods": {method: {"acc", "nll"}}}``.
     """
-    logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    num_classes = logits.shape[1]
+    calibrated = calibrate_logits(logits, temperature, class_bias)  # [N, C] a = z / T + b, computed once
+    num_classes = calibrated.shape[1]
     factors = [float(f) for f in factors]
     seeds = [int(s) for s in seeds]
     records: list[dict[str, Any]] = []
@@ -236,10 +253,9 @@ def label_shift_study(
         for factor in [1.0] if kind == "uniform" else factors:
             for seed in seeds:
                 shifted = make_shifted_set(labels, kind, factor, seed, num_classes, n_max)
-                z, y = logits[shifted.indices], labels[shifted.indices]  # [M, C], [M]
+                a, y = calibrated[shifted.indices], labels[shifted.indices]  # [M, C], [M]
                 pi_hat, iterations = em_prior(
-                    z,
-                    temperature=temperature,
+                    a,
                     source_prior=source_prior,
                     dirichlet_alpha=em_alpha,
                     max_iter=EM_MAX_ITER,
@@ -248,9 +264,7 @@ def label_shift_study(
                 priors = {"uniform": None, "train": train_prior, "oracle": shifted.prior, "adaptive": pi_hat}
                 methods: dict[str, dict[str, float]] = {}
                 for method in SHIFT_METHODS:
-                    probs = calibrated_probs(
-                        z, temperature, relative_prior(priors[method], source_prior)
-                    )  # [M, C]
+                    probs = calibrated_probs(a, 1.0, relative_prior(priors[method], source_prior))  # [M, C]
                     methods[method] = {
                         "acc": float(100.0 * np.mean(probs.argmax(1) == y)),
                         "nll": nll(probs, y),
@@ -353,6 +367,7 @@ def evaluate_logits(
     shift_factors: Iterable[float] = DEFAULT_SHIFT_FACTORS,
     shift_seeds: Iterable[int] = range(5),
     source_prior: np.ndarray | None = None,
+    class_bias: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows for one model, as plain JSON-ready values.
 
@@ -360,7 +375,7 @@ def evaluate_logits(
         logits: ``[N, C]`` raw logits z of the test split.
         labels: ``[N]``.
         class_counts: ``[C]`` training counts ``n_c`` (``π_train = n_c / Σ n``; Many/Medium/Few groups).
-        temperature: fitted T, or ``None`` when the model has none (then ``"scaled"`` = ``"raw"``, T = 1).
+        temperature: fitted T, or ``None`` when the model has none (then ``"scaled"`` uses T = 1).
         many_threshold, few_threshold: Many-shot ``n > many``, Few-shot ``n < few``.
         em_alpha: Dirichlet α of EM (adaptive prior), >= 1.
         n_bins: reliability / ECE bins.
@@ -368,9 +383,11 @@ def evaluate_logits(
         shift_kinds, shift_factors, shift_seeds: label-shift study grid (:func:`label_shift_study`).
         source_prior: ``π_s`` the logits are calibrated for (``None`` = uniform, the serving contract; pass
             ``π_train`` for a plain-CE model).
+        class_bias: per-class bias ``b`` ``[C]`` fitted with ``T`` (BCTS; ``None`` = 0): ``"scaled"`` and the
+            label-shift study use ``z / T + b``, ``"raw"`` uses ``z``.
 
     Returns:
-        dict with ``num_samples``, ``num_classes``, ``temperature``, ``groups`` (classes per group),
+        dict with ``num_samples``, ``num_classes``, ``temperature``, ``class_bias``, ``groups`` (classes per group),
         ``longtail`` (per prior, fitted T: acc / many / medium / few / per_class_acc), ``calibration``
         (per prior × ``raw``/``scaled``: acc / nll / brier / ece), ``reliability`` (same keys: bins),
         ``adaptive_prior`` (EM π̂ on the whole split), ``confusions`` (top-k pairs), ``confusion_classes`` and
@@ -391,6 +408,9 @@ def evaluate_logits(
     if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature T must be a finite number > 0 or None, got {temperature}")
     t_fit = 1.0 if temperature is None else float(temperature)
+    bias = None if class_bias is None else np.asarray(class_bias, dtype=np.float64)  # [C]
+    if bias is not None and (bias.shape != (num_classes,) or not np.all(np.isfinite(bias))):
+        raise ValueError(f"class_bias b must be {num_classes} finite numbers, got shape {bias.shape}")
     train_prior = prior_from_counts(class_counts)
 
     longtail: dict[str, Any] = {}
@@ -399,8 +419,10 @@ def evaluate_logits(
     adaptive_prior = None
     for prior in PRIORS:
         calibration[prior], reliability[prior] = {}, {}
-        for mode, t in zip(TEMPERATURE_MODES, (1.0, t_fit), strict=True):
-            probs, pi = posterior(logits, prior, t, train_prior, em_alpha=em_alpha, source_prior=source_prior)
+        for mode, t, b in zip(TEMPERATURE_MODES, (1.0, t_fit), (None, bias), strict=True):
+            probs, pi = posterior(
+                logits, prior, t, train_prior, em_alpha=em_alpha, source_prior=source_prior, class_bias=b
+            )
             calibration[prior][mode] = calibration_metrics(probs, labels, n_bins)
             reliability[prior][mode] = _bins_to_lists(reliability_bins(probs, labels, n_bins))
             if mode == "scaled":
@@ -410,8 +432,10 @@ def evaluate_logits(
                 if prior == "adaptive":
                     adaptive_prior = [float(p) for p in pi]
 
-    # uniform prior: the official evaluation (argmax of the raw logits for Balanced Softmax)
-    predictions = calibrated_probs(logits, t_fit, relative_prior(None, source_prior)).argmax(axis=1)
+    # uniform prior as served (z / T + b; the argmax of the raw logits when b = 0, for Balanced Softmax)
+    predictions = calibrated_probs(logits, t_fit, relative_prior(None, source_prior), class_bias=bias).argmax(
+        axis=1
+    )
     confusions = top_confusions(labels, predictions, top_k)
     classes = sorted({p[key] for p in confusions for key in ("true", "pred")})
     records = label_shift_study(
@@ -425,12 +449,14 @@ def evaluate_logits(
         em_alpha,
         None,
         source_prior,
+        bias,
     )
     groups = shot_groups(class_counts, many_threshold, few_threshold)
     return {
         "num_samples": int(len(labels)),
         "num_classes": int(num_classes),
         "temperature": temperature,
+        "class_bias": None if bias is None else [float(v) for v in bias],
         "em_alpha": float(em_alpha),
         "source_prior": None if source_prior is None else [float(p) for p in source_prior],
         "thresholds": {"many": many_threshold, "few": few_threshold},
