@@ -1,16 +1,28 @@
 """``python -m service --model-repository models [--model NAME] [--host 127.0.0.1] [--port 8000]``.
 
 Every other option comes from ``RESCOM_*`` environment variables (:class:`service.config.Settings`). Runs one
-uvicorn process (batching needs all requests in one process; scale out with replicas). On SIGTERM/SIGINT the
-service reports not-ready at once, stops accepting connections, finishes in-flight requests for at most
-``drain_timeout_s`` and exits.
+uvicorn process (batching needs all requests in one process; scale out with replicas).
+
+Shutdown, on SIGTERM (``docker stop``, Kubernetes) or SIGINT (Ctrl-C):
+
+1. readiness (``/health/ready``, ``/v2/health/ready``) answers 503 at once;
+2. on SIGTERM only, the server keeps serving everything else for ``shutdown_delay_s`` (default 0), so that load
+   balancers see the 503 and stop routing here before the port closes;
+3. the listener closes (new connections are refused), idle keep-alive connections are closed, and requests
+   already received run to completion for at most ``drain_timeout_s``; any still running then get a 503 with
+   ``Retry-After`` (:class:`service.errors.ShuttingDown`) instead of being dropped;
+4. the batchers and sessions close and the process exits (re-raising the signal, so the exit status is 143 on
+   SIGTERM). A second signal skips what is left of the delay.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -42,16 +54,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class _DrainingServer(uvicorn.Server):
-    """uvicorn's server, but the first signal also flips readiness to 503 before the graceful shutdown."""
+log = logging.getLogger("rescom.service")
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, but the first signal flips readiness to 503 at once, and on SIGTERM the graceful shutdown
+    (listener closed, in-flight requests drained) starts only ``shutdown_delay_s`` later."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, shutdown_delay_s: float = 0.0) -> None:
         super().__init__(config)
         self._rescom_app = app
+        self._shutdown_delay_s = shutdown_delay_s
+        self._close_at: float | None = None  # monotonic time at which the delayed shutdown may start
+        self._announced = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:  # noqa: D102
+        first = not self.should_exit
         begin_drain(self._rescom_app)
+        if first and sig == signal.SIGTERM and self._shutdown_delay_s > 0:
+            self._close_at = time.monotonic() + self._shutdown_delay_s
+        else:
+            self._close_at = None  # SIGINT, or a second signal: no (more) delay
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's check every 0.1 s; holds the shutdown back until the delay has passed."""
+        should_exit = await super().on_tick(counter)
+        if not should_exit or self.force_exit:
+            return should_exit
+        close_at = self._close_at
+        if close_at is not None and time.monotonic() < close_at:
+            if not self._announced:  # logged here, not in the signal handler
+                self._announced = True
+                log.info(
+                    "SIGTERM: readiness is 503; still serving for %.1f s (RESCOM_SHUTDOWN_DELAY_S), then draining",
+                    close_at - time.monotonic(),
+                )
+            return False
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifespan="on",
         server_header=False,
     )
-    server = _DrainingServer(config, app)
+    server = _DrainingServer(config, app, settings.shutdown_delay_s)
     server.run()
     return 0
 

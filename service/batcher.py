@@ -172,6 +172,23 @@ class DynamicBatcher:
         if self._incoming == 0 and self._queue:
             self._wakeup.set()
 
+    def check_room(self, rows: int) -> None:
+        """Refuse at once when ``rows`` more rows would not fit in the queue now.
+
+        :meth:`submit` calls it; callers may also call it *before* expensive preparation (decoding), so that a
+        request that will be rejected anyway costs almost nothing under overload. Passing it reserves nothing.
+
+        Raises:
+            Overloaded: the queue is full (503 + ``Retry-After``).
+        """
+        if self._rows + rows > self.max_queue_size:
+            self.observer.on_reject("queue_full")
+            raise Overloaded(
+                f"model {self.name!r} is overloaded: {self._rows} images are queued and the limit is "
+                f"{self.max_queue_size}; retry later",
+                retry_after_s=self.retry_after_s,
+            )
+
     async def submit(
         self, x: np.ndarray, timeout_s: float | None = None, announced: bool = False
     ) -> np.ndarray:
@@ -194,13 +211,7 @@ class DynamicBatcher:
         rows = int(x.shape[0])
         if rows < 1:
             raise ValueError("submit() needs at least one row")
-        if self._rows + rows > self.max_queue_size:
-            self.observer.on_reject("queue_full")
-            raise Overloaded(
-                f"model {self.name!r} is overloaded: {self._rows} images are queued and the limit is "
-                f"{self.max_queue_size}; retry later",
-                retry_after_s=self.retry_after_s,
-            )
+        self.check_room(rows)
         loop = self._loop
         now = loop.time()
         step = self.max_batch_size

@@ -123,7 +123,18 @@ class Settings(BaseSettings):
     # --- operations
     poll_interval_s: float = Field(5.0, ge=0, description="repository polling for new versions; 0 disables")
     api_key: SecretStr | None = Field(None, description="bearer token required on every endpoint but health")
-    drain_timeout_s: float = Field(20.0, gt=0, description="on SIGTERM: longest wait for in-flight requests")
+    drain_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="on SIGTERM: longest wait for in-flight requests; those still running then get 503",
+    )
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM: keep serving this long with readiness 503 before the listener closes, so load "
+        "balancers stop sending traffic first (Kubernetes: instead of a preStop sleep); SIGINT skips it",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(False, description="uvicorn access log (request counts are in /metrics anyway)")
 

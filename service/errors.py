@@ -12,7 +12,8 @@ ServiceError (500)
 ├── UnsupportedMediaType (415)   Content-Type the endpoint does not take
 ├── Unprocessable (422)          well-formed but unusable: undecodable image, invalid option
 ├── Unavailable (503)            not ready, draining, model failed
-│   └── Overloaded (503)         queue full (Retry-After)
+│   ├── Overloaded (503)         queue full (Retry-After)
+│   └── ShuttingDown (503)       still unanswered when the drain timeout ran out (Retry-After)
 └── DeadlineExceeded (504)       request waited in the queue past its deadline
 ```
 """
@@ -31,6 +32,7 @@ __all__ = [
     "Unprocessable",
     "Unavailable",
     "Overloaded",
+    "ShuttingDown",
     "DeadlineExceeded",
 ]
 
@@ -97,6 +99,21 @@ class Overloaded(Unavailable):
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after_s)))})
+
+
+class ShuttingDown(Unavailable):
+    """The server is stopping and the request did not finish within the drain timeout (503 + ``Retry-After``).
+
+    Sent instead of uvicorn's plain-text 500 when the graceful shutdown cancels a request that is still running;
+    the client should retry on another replica.
+    """
+
+    def __init__(
+        self,
+        message: str = "the server is shutting down and could not finish this request within its drain timeout "
+        "(RESCOM_DRAIN_TIMEOUT_S); retry on another replica",
+    ) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class DeadlineExceeded(ServiceError):

@@ -10,6 +10,7 @@ JSON forms of ``/predict``, goes on to FastAPI, where ``/predict`` also stays do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import verify_bearer
-from service.errors import BadRequest, PayloadTooLarge, ServiceError
+from service.errors import BadRequest, PayloadTooLarge, ServiceError, ShuttingDown
 from service.responses import dumps
 from service.routes.predict import EMPTY_BODY, is_raw_image, parse_query, predict_images
 
@@ -63,6 +64,10 @@ class PredictFastPath:
                 raise BadRequest(EMPTY_BODY)
             status, payload = 200, dumps(await predict_images(state, [body], **options))
         except ServiceError as err:
+            status, payload, headers = err.status_code, dumps({"error": err.message}), err.headers
+        except asyncio.CancelledError:  # still running when the graceful shutdown's drain timeout ran out
+            log.warning("POST %s cancelled by the shutdown; answered 503", ROUTE)
+            err = ShuttingDown()
             status, payload, headers = err.status_code, dumps({"error": err.message}), err.headers
         except Exception:
             log.exception("unhandled error in POST %s", ROUTE)

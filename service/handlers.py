@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from service.errors import ServiceError
@@ -43,6 +44,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, exc.headers)
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client went away while sending the body: nobody reads the answer; counted as 400, not logged as a bug
+    (the raw-body fast path answers the same)."""
+    return error_response(400, "client disconnected while sending the body")
+
+
 async def _unhandled(request: Request, exc: Exception) -> Response:
     log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error")
@@ -53,4 +60,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unhandled)

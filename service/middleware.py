@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge
+from service.errors import PayloadTooLarge, ShuttingDown
 from service.responses import dumps
 
 __all__ = ["MetricsMiddleware", "BodyLimitMiddleware", "InternalErrorMiddleware"]
@@ -96,9 +98,12 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-async def _send_error(send: Send, status: int, message: str, close: bool = True) -> None:
+async def _send_error(
+    send: Send, status: int, message: str, close: bool = True, extra: Mapping[str, str] | None = None
+) -> None:
     body = dumps({"error": message})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
     if close:
         headers.append((b"connection", b"close"))
     await send(
@@ -116,6 +121,10 @@ class InternalErrorMiddleware:
 
     Unlike Starlette's ``ServerErrorMiddleware`` it does not re-raise, so uvicorn keeps the connection alive and
     nothing about the failure reaches the client.
+
+    A request whose task is cancelled before it answered (uvicorn does that to requests still running when the
+    graceful shutdown's drain timeout runs out) gets a clean 503 :class:`~service.errors.ShuttingDown` instead of
+    uvicorn's plain-text 500 and a logged traceback.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -135,6 +144,14 @@ class InternalErrorMiddleware:
 
         try:
             await self.app(scope, receive, send_tracking)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            log.warning(
+                "%s %s cancelled by the shutdown; answered 503", scope.get("method"), scope.get("path")
+            )
+            err = ShuttingDown()
+            await _send_error(send, err.status_code, err.message, extra=err.headers)
         except Exception:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:

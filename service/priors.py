@@ -21,7 +21,14 @@ from rescom.calibration import em_prior, normalize_prior
 from service.errors import Unprocessable
 from service.repository import ModelSpec
 
-__all__ = ["PriorChoice", "parse_prior", "parse_temperature", "parse_top_k", "AdaptivePrior"]
+__all__ = [
+    "PriorChoice",
+    "parse_prior",
+    "parse_temperature",
+    "temperature_class_bias",
+    "parse_top_k",
+    "AdaptivePrior",
+]
 
 PRIOR_HELP = 'use uniform, train, adaptive, or a JSON object of class -> weight such as {"0": 1, "3": 5}'
 
@@ -65,10 +72,13 @@ def parse_prior(value: Any, spec: ModelSpec, default: str | None = None) -> Prio
             raise Unprocessable(
                 f"prior is not valid JSON ({err.msg} at position {err.pos}); {PRIOR_HELP}"
             ) from None
+        except (ValueError, RecursionError) as err:  # an integer with too many digits; nesting too deep
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:120]
+            raise Unprocessable(f"prior is not valid JSON ({reason}); {PRIOR_HELP}") from None
     if isinstance(value, Mapping | Sequence) and not isinstance(value, str | bytes):
         try:
             weights = normalize_prior(value, spec.num_classes, spec.class_names)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, OverflowError) as err:  # OverflowError: an integer beyond float range
             raise Unprocessable(f"invalid prior: {err}") from None
         return PriorChoice("custom", weights)
     raise Unprocessable(
@@ -103,11 +113,27 @@ def parse_temperature(value: Any, spec: ModelSpec) -> float:
                 "or a number > 0"
             ) from None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        t = float(value)
+        try:
+            t = float(value)
+        except OverflowError:  # an integer beyond float range (from a JSON body)
+            t = math.inf
         if math.isfinite(t) and 0.01 <= t <= 100:
             return t
         raise Unprocessable(f"temperature must be between 0.01 and 100, got {value}")
     raise Unprocessable(f"temperature must be true, false or a number, got {type(value).__name__}")
+
+
+def temperature_class_bias(value: Any, spec: ModelSpec) -> np.ndarray | None:
+    """The per-class bias ``b`` ``[C]`` that goes with a temperature option: ``p = softmax(z / T + b + log π)``.
+
+    The model's fitted ``b`` (:attr:`ModelSpec.class_bias`, BCTS; ``None`` = 0 for exports without one), except
+    when the option asks for raw logits (``false`` / ``"false"`` / ``"none"`` / ``"off"``, the words
+    :func:`parse_temperature` maps to ``T = 1``): then neither ``T`` nor ``b`` is applied. Call it after
+    :func:`parse_temperature` has validated ``value``.
+    """
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("false", "none", "off")):
+        return None
+    return spec.class_bias
 
 
 def parse_top_k(value: Any, spec: ModelSpec, default: int) -> int:
@@ -141,6 +167,9 @@ class AdaptivePrior:
         window: most recent images kept.
         alpha: symmetric Dirichlet ``α >= 1`` of the M-step.
         update_every: new images between two re-estimates.
+        class_bias: the model's per-class bias ``b`` ``[C]`` (``None`` = 0): EM runs on ``z / T + b``, the
+            calibrated logits the served posteriors use. The window keeps raw logits, so a new version's ``T``
+            and ``b`` apply to it at the next estimate.
     """
 
     def __init__(
@@ -150,9 +179,11 @@ class AdaptivePrior:
         window: int = 2048,
         alpha: float = 2.0,
         update_every: int = 64,
+        class_bias: np.ndarray | None = None,
     ) -> None:
         self.num_classes = num_classes
         self.temperature = temperature
+        self.class_bias = class_bias
         self.window = window
         self.alpha = alpha
         self.update_every = update_every
@@ -220,6 +251,7 @@ class AdaptivePrior:
                 dirichlet_alpha=self.alpha,
                 max_iter=200,
                 tol=1e-7,
+                class_bias=self.class_bias,
             )
             if generation == self._generation:
                 self._estimate, self._iterations = pi, iterations

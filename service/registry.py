@@ -93,6 +93,7 @@ class ModelRegistry:
         self._adaptive: dict[str, AdaptivePrior] = {}
         self._refused: dict[tuple[str, int], Fingerprint | None] = {}
         self._known: set[str] = set()
+        self._incomplete_reported: set[str] = set()  # models whose lack of a complete version was logged
         self._background: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self.initial_load_done = False
@@ -244,18 +245,33 @@ class ModelRegistry:
     async def _refresh(self, name: str) -> None:
         """Serve the newest loadable version of ``name`` (no-op when it is already served unchanged)."""
         current = self._models.get(name)
-        for version in reversed(await asyncio.to_thread(list_versions, self.repository, name)):
+        versions = await asyncio.to_thread(list_versions, self.repository, name)
+        complete = 0
+        for version in reversed(versions):
             fp = await asyncio.to_thread(fingerprint, self.repository, name, version)
             if fp is None:
                 continue  # incomplete (rescom.json is written last): look again next poll
+            complete += 1
             if current is not None and current.version == version and current.spec.fingerprint == fp:
                 return
             if (name, version) in self._refused and self._refused[(name, version)] == fp:
                 continue
             if await self._load(name, version):
+                self._incomplete_reported.discard(name)
                 return
-        if current is None and name not in self._models:
-            log.debug("model %s: no loadable version yet", name)
+        if current is None and name not in self._models and not complete:
+            if name not in self._incomplete_reported:  # once, not at every poll
+                self._incomplete_reported.add(name)
+                found = ", ".join(map(str, versions)) or "none"
+                log.warning(
+                    "not serving model %s: no complete version (version folders: %s); a version needs "
+                    "%s/N/model.onnx and %s/N/rescom.json. The other models are not affected; the folder is "
+                    "looked at again at each repository poll (RESCOM_POLL_INTERVAL_S)",
+                    name,
+                    found,
+                    name,
+                    name,
+                )
 
     async def _load(self, name: str, version: int) -> bool:
         started = time.perf_counter()
@@ -322,6 +338,7 @@ class ModelRegistry:
         state = self._adaptive.get(spec.name)
         if state is not None and state.num_classes == spec.num_classes:
             state.temperature = spec.fitted_temperature  # the traffic did not change; keep the window
+            state.class_bias = spec.class_bias
             return
         self._adaptive[spec.name] = AdaptivePrior(
             spec.num_classes,
@@ -329,6 +346,7 @@ class ModelRegistry:
             window=s.adaptive_window,
             alpha=s.adaptive_alpha,
             update_every=s.adaptive_update_every,
+            class_bias=spec.class_bias,
         )
 
     async def _retire(self, old: ServedModel) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rescom.calibration import prior_from_counts
+from rescom.calibration import parse_class_bias, prior_from_counts
 from service.config import MODEL_NAME_PATTERN
 
 __all__ = [
@@ -115,6 +115,13 @@ class ModelSpec:
     def train_prior(self) -> np.ndarray:
         """``π_train`` ``[C]`` from ``class_counts``."""
         return prior_from_counts(self.class_counts)
+
+    @cached_property
+    def class_bias(self) -> np.ndarray | None:
+        """Per-class logit bias ``b`` ``[C]`` fitted with ``T`` (``calibration.class_bias``, BCTS), added as
+        ``z / T + b``; ``None`` when the metadata has none or it is all zeros (plain temperature scaling)."""
+        calibration = self.metadata.get("calibration") or {}
+        return parse_class_bias(calibration.get("class_bias"), self.num_classes)
 
 
 def list_models(repository: Path) -> list[str]:
@@ -238,6 +245,10 @@ def read_spec(repository: Path, name: str, version: int, *, verify_hash: bool = 
         or temperature <= 0
     ):
         raise fail(f"calibration.temperature must be null or a finite number > 0, got {temperature!r}")
+    try:
+        parse_class_bias(calibration.get("class_bias"), num_classes)
+    except ValueError as err:
+        raise fail(f"calibration.{err}") from None
     default_prior = calibration.get("prior", "uniform")
     if default_prior not in ("uniform", "train", "adaptive"):
         raise fail(f"calibration.prior must be uniform, train or adaptive, got {default_prior!r}")

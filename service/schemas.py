@@ -16,7 +16,10 @@ PRIOR_DOC = (
     "uniform (no shift), train (the training prior), adaptive (EM estimate from recent traffic) or a custom "
     'prior: an object class -> weight such as {"0": 1, "3": 5} (missing classes get 0) or a list of C weights'
 )
-TEMPERATURE_DOC = "true: the fitted T from the model's metadata (default); false: T = 1; or a number > 0"
+TEMPERATURE_DOC = (
+    "true: the fitted T (and per-class bias b, when the model has one) from the model's metadata (default); "
+    "false: raw logits (T = 1, no bias); or a number T > 0 (with b)"
+)
 
 
 class PredictJSONRequest(BaseModel):

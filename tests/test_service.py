@@ -444,7 +444,7 @@ def test_bearer_token_auth(repo: Path):
 
 
 def test_overload_gets_503_and_queue_deadline_504(tmp_path: Path):
-    write_version(tmp_path, "slow", 1, kind="slow", slow_matmuls=100, slow_dim=512)  # ~0.5 s per batch
+    write_version(tmp_path, "slow", 1, kind="slow", slow_matmuls=400, slow_dim=512)  # >= 0.35 s a batch, idle
     s = Settings(
         model_repository=tmp_path,
         port=free_port(),

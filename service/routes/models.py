@@ -49,6 +49,7 @@ def _describe(state: ServiceState, name: str) -> dict[str, Any]:
         "class_names": list(spec.class_names),
         "class_counts": list(spec.class_counts),
         "temperature": spec.temperature,
+        "class_bias": None if spec.class_bias is None else spec.class_bias.tolist(),
         "default_prior": spec.default_prior,
         "metrics": spec.metrics,
         "max_batch_size": runtime.max_batch_size,

@@ -1,7 +1,7 @@
 """``POST /predict``: images in (raw body, multipart ``file`` fields, or JSON base64), calibrated top-k out.
 
 Flow: read and validate everything cheap (options, sizes) -> decode + preprocess in the decoding pool ->
-``await batcher.submit(x)`` -> ``p = softmax(z / T + log π)`` (:func:`rescom.calibration.calibrated_probs`)
+``await batcher.submit(x)`` -> ``p = softmax(z / T + b + log π)`` (:func:`rescom.calibration.calibrated_probs`)
 -> top-k. Route code never sees a batch.
 """
 
@@ -25,7 +25,7 @@ from service.auth import OPENAPI_SECURITY, check_api_key
 from service.config import Settings
 from service.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from service.images import decode_images
-from service.priors import parse_prior, parse_temperature, parse_top_k
+from service.priors import parse_prior, parse_temperature, parse_top_k, temperature_class_bias
 from service.registry import ServedModel
 from service.responses import json_response
 from service.schemas import PRIOR_DOC, TEMPERATURE_DOC, ErrorResponse, PredictJSONRequest, PredictResponse
@@ -161,6 +161,7 @@ async def predict_images(
     k = parse_top_k(top_k, spec, settings.default_top_k)
     choice = parse_prior(prior, spec, settings.default_prior)
     t = parse_temperature(temperature, spec)
+    bias = temperature_class_bias(temperature, spec)  # b [C] of BCTS, None = 0
     if len(blobs) > settings.max_images_per_request:
         raise PayloadTooLarge(
             f"{len(blobs)} images in one request; the limit is {settings.max_images_per_request} "
@@ -169,6 +170,7 @@ async def predict_images(
     decode = functools.partial(
         decode_images, blobs, resize=spec.resize, crop=spec.crop, max_pixels=settings.max_image_pixels
     )
+    served.batcher.check_room(len(blobs))  # overloaded: reject before decoding, not after
     served.batcher.announce()
     try:
         if sum(len(b) for b in blobs) <= INLINE_DECODE_BYTES:
@@ -189,7 +191,7 @@ async def predict_images(
     else:
         pi = choice.weights  # None = uniform
     adaptive.observe(logits)
-    probs = calibrated_probs(logits, temperature=t, prior=pi)  # [n, C] float64
+    probs = calibrated_probs(logits, temperature=t, prior=pi, class_bias=bias)  # [n, C] float64
     return _response(served, probs, k, choice.kind, t)
 
 
@@ -245,7 +247,9 @@ async def _read_multipart(request: Request, settings: Settings) -> list[bytes]:
 def _parse_json(body: bytes) -> tuple[list[bytes], dict[str, Any]]:
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
         raise BadRequest(f"request body is not valid JSON: {err}") from None
     try:
         req = PredictJSONRequest.model_validate(payload)
@@ -254,7 +258,7 @@ def _parse_json(body: bytes) -> tuple[list[bytes], dict[str, Any]]:
         loc = ".".join(str(p) for p in first["loc"]) or "body"
         raise BadRequest(
             f'invalid JSON request: {loc}: {first["msg"]}; expected {{"images": [base64, ...], '
-            '"top_k"?, "prior"?, "temperature"?, "model"?, "version"?}}'
+            '"top_k"?, "prior"?, "temperature"?, "model"?, "version"?}'
         ) from None
     blobs = []
     for i, text in enumerate(req.images):

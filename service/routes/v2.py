@@ -8,9 +8,10 @@ Enough of it for the stock ``tritonclient[http]`` client (docs/serving.md §1.9-
   ``data`` or as binary data after the JSON header (``Inference-Header-Content-Length``). It goes straight to the
   batcher. ``Content-Encoding: gzip|deflate`` bodies are accepted.
 - Outputs: ``logits`` ``FP32 [n, C]`` (raw, ``softmax(z)`` is the posterior under a uniform prior) and
-  ``probabilities`` ``FP32 [n, C]`` = ``softmax(z / T + log π)``, where the request-level ``parameters``
-  ``prior`` (``uniform`` | ``train`` | ``adaptive`` | JSON object/list) and ``temperature`` (``true`` = fitted T,
-  ``false`` = 1, or a number) choose ``π`` and ``T`` as in ``/predict``. Without ``outputs`` both are returned.
+  ``probabilities`` ``FP32 [n, C]`` = ``softmax(z / T + b + log π)`` (``b``: the model's per-class bias, 0
+  when it has none), where the request-level ``parameters`` ``prior`` (``uniform`` | ``train`` | ``adaptive`` |
+  JSON object/list) and ``temperature`` (``true`` = fitted T and b, ``false`` = raw logits, or a number) choose
+  ``π``, ``T`` and ``b`` as in ``/predict``. Without ``outputs`` both are returned.
   Either can be returned as ``classification: k`` (``BYTES [n, k]``, ``"value:index:label"``). Binary outputs
   follow ``binary_data`` per output or ``binary_data_output`` for the request.
 - ``parameters.timeout`` (µs) shortens the queue deadline; ``parameters.priority`` is accepted and ignored.
@@ -33,7 +34,7 @@ from rescom import __version__
 from rescom.calibration import calibrated_probs
 from service.auth import require_api_key
 from service.errors import BadRequest, NotFound, PayloadTooLarge, ServiceError
-from service.priors import parse_prior, parse_temperature
+from service.priors import parse_prior, parse_temperature, temperature_class_bias
 from service.registry import ServedModel
 from service.responses import dumps, error_response, json_response
 from service.state import ServiceState, get_state
@@ -245,7 +246,9 @@ def _parse_header(header: bytes) -> dict[str, Any]:
         raise BadRequest("empty request body; send a KServe v2 inference request")
     try:
         req = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise BadRequest("inference request header is not valid JSON: nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
         raise BadRequest(f"inference request header is not valid JSON: {err}") from None
     if not isinstance(req, dict):
         raise BadRequest("inference request must be a JSON object")
@@ -283,6 +286,8 @@ def _input_tensor(
         raise PayloadTooLarge(f"{shape[0]} images in one request; the limit is {max_images}")
     count = math.prod(shape)
     params = inp.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"inputs[0].parameters must be an object, got {type(params).__name__}")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or size != count:
@@ -327,6 +332,10 @@ def _requested_outputs(req: dict[str, Any]) -> list[tuple[str, bool, int]]:
             got = out.get("name") if isinstance(out, dict) else out
             raise BadRequest(f"unknown output {got!r}; outputs: {', '.join(OUTPUTS)}")
         p = out.get("parameters") or {}
+        if not isinstance(p, dict):
+            raise BadRequest(
+                f"parameters of output {out['name']!r} must be an object, got {type(p).__name__}"
+            )
         k = p.get("classification", 0)
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise BadRequest(f"classification must be a non-negative integer, got {k!r}")
@@ -340,8 +349,8 @@ def _timeout(params: dict[str, Any], state: ServiceState) -> float:
         us = params["timeout"]
         if isinstance(us, bool) or not isinstance(us, int) or us < 0:
             raise BadRequest(f"parameters.timeout must be a non-negative integer (microseconds), got {us!r}")
-        if us > 0:
-            timeout = min(timeout, us / 1e6)  # a request may shorten the deadline, never lengthen it
+        if 0 < us < timeout * 1e6:  # a request may shorten the deadline, never lengthen it
+            timeout = us / 1e6
     return timeout
 
 
@@ -351,13 +360,14 @@ async def _probabilities(
     spec = served.spec
     choice = parse_prior(params.get("prior"), spec, state.settings.default_prior)
     t = parse_temperature(params.get("temperature"), spec)
+    bias = temperature_class_bias(params.get("temperature"), spec)  # b [C] of BCTS, None = 0
     if choice.kind == "adaptive":
         pi = await state.registry.adaptive(served.name).estimate()
     elif choice.kind == "train":
         pi = spec.train_prior
     else:
         pi = choice.weights
-    return calibrated_probs(logits, temperature=t, prior=pi).astype(np.float32)  # [n, C]
+    return calibrated_probs(logits, temperature=t, prior=pi, class_bias=bias).astype(np.float32)  # [n, C]
 
 
 # ---------------------------------------------------------------------------------------------- encoding

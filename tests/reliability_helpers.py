@@ -1,0 +1,130 @@
+"""Shared by the reliability tests: which model to serve, clean-error checks, crafted files, subprocess servers.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+from service_fixtures import write_version
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "models"
+BUNDLED_NAME = "digits_lt"
+
+# What must never appear in a response body: Python tracebacks, source file references, server paths.
+LEAK_MARKERS = (
+    "Traceback",
+    'File "',
+    '.py"',
+    ".py:",
+    "/work/",
+    "/home/",
+    "/tmp/",
+    "site-packages",
+    str(ROOT),
+)
+
+
+def model_repository(tmp: Path) -> tuple[Path, str]:
+    """The bundled trained model (``models/digits_lt``) when the checkout has it, else the tiny test model."""
+    if (BUNDLED / BUNDLED_NAME).is_dir():
+        return BUNDLED, BUNDLED_NAME
+    write_version(tmp, "tiny", 1)
+    return tmp, "tiny"
+
+
+def leaks(text: str) -> list[str]:
+    """The leak markers found in ``text`` (empty when clean)."""
+    return [m for m in LEAK_MARKERS if m in text]
+
+
+def assert_clean_error(r: httpx.Response, status: int, fragment: str = "") -> None:
+    """``r`` has ``status`` and a JSON body ``{"error": "...fragment..."}`` that leaks nothing."""
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    body = r.json()
+    assert isinstance(body, dict) and list(body) == ["error"] and isinstance(body["error"], str), body
+    assert fragment in body["error"], (fragment, body["error"])
+    assert not leaks(r.text), (leaks(r.text), r.text[:300])
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width x height`` RGB pixels (a decompression bomb's header).
+
+    Only a few compressed rows follow, so nothing large is ever allocated here; a decoder that trusted the header
+    would try to allocate ``3 * width * height`` bytes.
+    """
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    idat = zlib.compress(b"\x00" * (1 + 3 * min(width, 64)) * 4)  # 4 (short) rows of zeros
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def probs_of(prediction: dict, num_classes: int) -> np.ndarray:
+    """Class-indexed scores of one ``/predict`` prediction (``top_k`` must be ``num_classes``)."""
+    p = np.zeros(num_classes)
+    for entry in prediction["top_k"]:
+        p[entry["class_id"]] = entry["score"]
+    return p
+
+
+def ready(url: str) -> int | None:
+    """Status of ``GET /health/ready``, ``None`` when nothing answers."""
+    try:
+        return httpx.get(url + "/health/ready", timeout=2).status_code
+    except httpx.TransportError:
+        return None
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """Poll ``predicate`` every 20 ms until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def service_process(
+    repo: Path, port: int, env: dict[str, str] | None = None, ready_timeout: float = 60.0
+) -> Iterator[subprocess.Popen]:
+    """``python -m service`` on 127.0.0.1:``port`` (stderr and stdout captured together), ready when yielded.
+
+    Killed on the way out if it is still running.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--model-repository", str(repo), "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "RESCOM_LOG_LEVEL": "info", "RESCOM_POLL_INTERVAL_S": "0", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: proc.poll() is not None or ready(url) == 200, ready_timeout, "the service to be ready"
+        )
+        assert proc.poll() is None, f"the service exited during startup:\n{proc.stdout.read()}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
