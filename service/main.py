@@ -22,7 +22,7 @@ from service.handlers import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import health, metrics, models, predict, v2
+from service.routes import demo, health, metrics, models, predict, v2
 from service.state import ServiceState
 
 __all__ = ["create_app", "begin_drain", "configure_logging"]
@@ -31,7 +31,7 @@ log = logging.getLogger("rescom.service")
 
 DESCRIPTION = """
 Serves ResCom long-tailed image classifiers exported to ONNX, with server-side dynamic batching and per-request
-prior calibration `p = softmax(z / T + log π)`.
+prior calibration `p = softmax(z / T + b + log π)` (T, b: the export's fitted calibration).
 
 * `POST /predict`: images as a raw body, multipart `file` fields or JSON base64; options `top_k`, `prior`
   (uniform | train | adaptive | JSON class -> weight), `temperature`, `model`, `version`.
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, *, fast_path: bool = True) -> F
     app = FastAPI(
         title="ResCom inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan
     )
-    for module in (health, predict, v2, models, metrics):
+    for module in (health, predict, v2, models, metrics, demo):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)

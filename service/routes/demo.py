@@ -1,9 +1,10 @@
 """The demo page: ``GET /`` serves a single HTML page, ``GET /static/{name}`` its script and style sheet.
 
 The page (``service/static/``) is plain HTML, CSS and JavaScript with no build step and nothing loaded from
-another origin, so it also works on an offline deployment. It talks to the public API only (``/v1/models``,
-``/predict``, ``/v1/models/{name}/prior``), with the bearer token the user types when ``RESCOM_API_KEY`` is set;
-the page itself and its static files are served without a token (they hold no data).
+another origin, so it also works on an offline deployment. It talks to the public API only
+(``/v1/models``, ``/predict``, ``/v1/models/{name}/prior``), with the bearer token the user types when
+``RESCOM_API_KEY`` is set; the page itself and its static files are served without a token (they hold no
+data).
 
 Every response carries a Content-Security-Policy that allows scripts, styles and requests to this origin only
 (images also from ``blob:``/``data:`` URLs, for the preview of a local file). The routes are left out of the
