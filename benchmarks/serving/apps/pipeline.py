@@ -3,7 +3,7 @@
 image bytes -> Pillow decode -> :func:`rescom.preprocess.resize_center_crop` (EXIF-transposed, as the service
 does) -> uint8 batch ``[n, crop, crop, 3]`` -> ONNX Runtime (same session options as
 ``service/runtime.py``: ``ORT_ENABLE_ALL``, sequential, ``intra_op`` threads, one inter-op thread, spinning
-off) -> :func:`rescom.calibration.calibrated_probs` with the model's fitted ``T`` and default prior -> stable
+off) -> :func:`rescom.calibration.calibrated_probs` with the model's fitted ``T``, ``b`` and default prior -> stable
 top-k -> the same JSON document as ``POST /predict`` (stdlib ``json``, compact, like the service without
 orjson).
 
@@ -107,6 +107,8 @@ class Pipeline:
         calibration = meta.get("calibration") or {}
         temperature = calibration.get("temperature")
         self.temperature = 1.0 if temperature is None else float(temperature)
+        bias = calibration.get("class_bias")  # BCTS per-class b (None = 0), applied as the service does
+        self.class_bias = None if bias is None else np.asarray(bias, dtype=np.float64)
         self.prior_kind: str = calibration.get("prior", "uniform")
         if self.prior_kind not in ("uniform", "train"):
             raise ValueError(
@@ -167,7 +169,9 @@ class Pipeline:
 
     def respond(self, logits: np.ndarray) -> list[dict[str, Any]]:
         """Calibrated top-k per row: one ``POST /predict`` response document per image."""
-        probs = calibrated_probs(logits, temperature=self.temperature, prior=self.prior)  # [n, C] float64
+        probs = calibrated_probs(
+            logits, temperature=self.temperature, prior=self.prior, class_bias=self.class_bias
+        )  # [n, C] float64
         order = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # [n, k]
         scores = np.take_along_axis(probs, order, axis=1).tolist()
         out = []
