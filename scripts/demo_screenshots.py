@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,21 +27,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from service_fixtures import free_port, running_server  # noqa: E402
+from service_fixtures import CHROMIUM_ARGS, chromium_path, free_port, running_server  # noqa: E402
 
 from rescom.data import build_datasets  # noqa: E402
 from service.config import Settings  # noqa: E402
 
 MODEL = "digits_lt"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -139,7 +129,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     p.add_argument("--model-repository", type=Path, default=ROOT / "models")
-    p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    p.add_argument("--chromium", default=chromium_path() or "/usr/bin/chromium")
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
 

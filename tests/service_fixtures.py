@@ -20,6 +20,8 @@ import contextlib
 import hashlib
 import io
 import json
+import os
+import shutil
 import socket
 import threading
 import time
@@ -376,3 +378,24 @@ async def wait_metric(ac: Any, name: str, minimum: float, **labels: str) -> None
             pass
         await asyncio.sleep(0.01)
     raise AssertionError(f"{name} never reached {minimum}")
+
+
+# Headless Chromium for the demo-page tests and scripts/demo_screenshots.py: the flags keep it off the network
+# (this machine has none) and let it run as root.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium_path() -> str | None:
+    """The system Chromium: ``$RESCOM_CHROMIUM``, else ``chromium`` / ``chromium-browser`` on ``PATH``."""
+    explicit = os.environ.get("RESCOM_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    return shutil.which("chromium") or shutil.which("chromium-browser")

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service_fixtures import encode, free_port, running_server
+from service_fixtures import CHROMIUM_ARGS, chromium_path, encode, free_port, running_server
 
 from rescom.calibration import log_prior, normalize_prior, prior_from_counts, softmax
 from rescom.preprocess import resize_center_crop
@@ -41,29 +40,12 @@ REPO = Path(os.environ.get("RESCOM_TEST_MODEL_REPOSITORY", ROOT / "models"))
 MODEL = "digits_lt"
 TOKEN = "demo-test-token-0123456789"
 PCT_TOL = 0.005 + 1e-6  # half a unit of the displayed 0.01 %, plus float noise
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 if not (REPO / MODEL).is_dir():
     pytest.skip(f"no {MODEL} model in {REPO}", allow_module_level=True)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-
-
-def chromium_path() -> str | None:
-    """The system Chromium: ``$RESCOM_CHROMIUM``, else ``chromium`` / ``chromium-browser`` on ``PATH``."""
-    explicit = os.environ.get("RESCOM_CHROMIUM")
-    if explicit:
-        return explicit if Path(explicit).is_file() else None
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def demo_settings(**overrides: Any) -> Settings:
