@@ -269,6 +269,7 @@ def test_training_jobs_run_the_same_command(rendered: dict[str, list[dict[str, A
     headless = _one(objects, "Service", service)
     assert headless["spec"]["clusterIP"] == "None"
     assert [p["port"] for p in headless["spec"]["ports"]] == [int(env["PET_MASTER_PORT"])]
+    assert [p["containerPort"] for p in indexed["ports"]] == [int(env["PET_MASTER_PORT"])]
 
 
 class _ComposeLoader(yaml.SafeLoader):
@@ -290,6 +291,11 @@ for _tag in ("!reset", "!override"):
 
 def _compose(path: Path) -> dict[str, Any]:
     return yaml.load(path.read_text(), Loader=_ComposeLoader)  # noqa: S506 - SafeLoader subclass
+
+
+def _seconds(value: str) -> float:
+    """HAProxy time ``500ms`` / ``1s`` -> seconds."""
+    return float(value[:-2]) / 1000 if value.endswith("ms") else float(value.removesuffix("s"))
 
 
 def _compose_default(value: str) -> str:
@@ -315,8 +321,12 @@ def test_compose_scale_and_haproxy_match_the_service(
     cfg = (REPO / "docker" / "haproxy.cfg").read_text()
     check_path = re.search(r"option httpchk GET (\S+)", cfg).group(1)  # type: ignore[union-attr]
     assert check_path in route_paths and check_path.endswith("/health/ready")
-    interval = float(re.search(r"default-server .*\binter (\d+)s", cfg).group(1))  # type: ignore[union-attr]
-    assert settings.shutdown_delay_s > interval, "a stopping replica must fail a check before its port closes"
+    server = re.search(r"default-server (.*)", cfg).group(1).split()  # type: ignore[union-attr]
+    inter, fastinter, fall = (server[server.index(k) + 1] for k in ("inter", "fastinter", "fall"))
+    detect_s = _seconds(inter) + (int(fall) - 1) * _seconds(fastinter)
+    assert settings.shutdown_delay_s > detect_s + 1, (
+        "a stopping replica must be out of rotation before it closes"
+    )
     dockerfile = (REPO / "docker" / "lb.Dockerfile").read_text()
     port = int(re.search(r"RESCOM_LB_BACKEND_PORT=(\d+)", dockerfile).group(1))  # type: ignore[union-attr]
     assert port == 8000 and "RESCOM_PORT=8000" in (REPO / "docker" / "service.Dockerfile").read_text()
