@@ -68,6 +68,7 @@ check_compose "compose.yaml --profile train" -f compose.yaml --profile train
 check_compose "compose.yaml+compose.gpu.yaml" -f compose.yaml -f compose.gpu.yaml
 check_compose "compose.yaml+compose.gpu.yaml --profile train" -f compose.yaml -f compose.gpu.yaml --profile train
 check_compose "compose.scale.yaml" -f compose.scale.yaml
+check_compose "compose.scale.yaml --profile train" -f compose.scale.yaml --profile train
 
 # Contract checks that `config -q` cannot see: what the merged files must say.
 merged_gpu=$("$COMPOSE" -f compose.yaml -f compose.gpu.yaml --profile train config --format json)
