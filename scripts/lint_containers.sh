@@ -41,7 +41,7 @@ echo "lint_containers: $("$HADOLINT" --version); $("$COMPOSE" version); shellche
 unset RESCOM_BIND RESCOM_HOST_PORT RESCOM_API_KEY RESCOM_DRAIN_TIMEOUT_S RESCOM_POLL_INTERVAL_S RESCOM_LOG_LEVEL \
   RESCOM_PROVIDERS RESCOM_BAKE_MODELS TORCH_INDEX_URL TRAIN_CONFIG MODEL_NAME
 fail=0
-for f in docker/service.Dockerfile docker/train.Dockerfile; do
+for f in docker/service.Dockerfile docker/train.Dockerfile docker/lb.Dockerfile; do
   # --failure-threshold warning: errors and warnings fail; info/style findings are shown but pass.
   if "$HADOLINT" --failure-threshold warning "$f"; then
     echo "ok   hadolint $f"
@@ -50,7 +50,7 @@ for f in docker/service.Dockerfile docker/train.Dockerfile; do
   fi
 done
 
-for f in scripts/compose_smoke.sh scripts/lint_containers.sh docker/train_and_export.sh; do
+for f in scripts/compose_smoke.sh scripts/compose_scale_smoke.sh scripts/lint_containers.sh docker/train_and_export.sh; do
   if "$SHELLCHECK" "$f"; then echo "ok   shellcheck $f"; else echo "FAIL shellcheck $f"; fail=1; fi
 done
 
@@ -67,6 +67,8 @@ check_compose "compose.yaml" -f compose.yaml
 check_compose "compose.yaml --profile train" -f compose.yaml --profile train
 check_compose "compose.yaml+compose.gpu.yaml" -f compose.yaml -f compose.gpu.yaml
 check_compose "compose.yaml+compose.gpu.yaml --profile train" -f compose.yaml -f compose.gpu.yaml --profile train
+check_compose "compose.scale.yaml" -f compose.scale.yaml
+check_compose "compose.scale.yaml --profile train" -f compose.scale.yaml --profile train
 
 # Contract checks that `config -q` cannot see: what the merged files must say.
 merged_gpu=$("$COMPOSE" -f compose.yaml -f compose.gpu.yaml --profile train config --format json)
