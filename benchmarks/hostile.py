@@ -404,8 +404,10 @@ def reload_under_load(models: Path, seconds: float) -> None:
             codes = run_parallel(16, lambda i: slow(i) if i < 4 else fast(i))
             r.join()
             failed = sum(v for k, v in codes.items() if str(k) != "200")
+            swaps = len(list((repo / "digits_lt").iterdir())) - 1
             print(
-                f"\nhot reload every 2 s for {seconds:.0f} s, 16 clients (4 uploading over ~3 s): {dict(codes)}; failed: {failed}"
+                f"\nhot reload every 2 s for {seconds:.0f} s ({swaps} new versions), 16 clients (4 uploading "
+                f"over ~3 s): {dict(codes)}; failed: {failed}"
             )
 
 
