@@ -84,6 +84,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._shutting_down = False
         self._begun = False  # from a request's first byte until its last
+        self._body_pending = False  # headers in, body expected and not complete
 
     # ---------------------------------------------------------------------------------------- connection
 
@@ -112,14 +113,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         except _Refused as err:  # raised by our callbacks when httptools passes them through unwrapped
             self._refuse(err.status, err.message)
             return
-        if self._refused or not counted or not self._in_headers:
+        if self._refused:
             return
-        self._header_bytes += len(data)
-        if self._header_bytes > self.limits.max_header_bytes:
-            self._refuse(
-                431,
-                f"request line and headers exceed {self.limits.max_header_bytes} bytes (RESCOM_MAX_HEADER_BYTES)",
-            )
+        if counted and self._in_headers:
+            self._header_bytes += len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._refuse(
+                    431,
+                    f"request line and headers exceed {self.limits.max_header_bytes} bytes (RESCOM_MAX_HEADER_BYTES)",
+                )
+                return
+        if (
+            self._timer is None
+        ):  # armed only when a request is left half-received (none for one-chunk requests)
+            if self._begun and self._in_headers:
+                self._arm(self.limits.header_timeout_s, self._header_timeout)
+            elif self._body_pending:
+                self._arm(self.limits.body_timeout_s, self._body_timeout)
 
     def send_400_response(self, msg: str) -> None:  # noqa: D102
         err = self._callback_error()
@@ -145,8 +155,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._header_bytes = 0
         self._header_count = 0
-        if self._timer is None:
-            self._arm(self.limits.header_timeout_s, self._header_timeout)
 
     def on_url(self, url: bytes) -> None:  # noqa: D102
         super().on_url(url)
@@ -168,11 +176,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None and (self._shutting_down or self.limits.draining()):
             self.cycle.keep_alive = False  # answered with Connection: close
-        if self.cycle is not None and not self.cycle.response_complete and self._expects_body():
-            self._arm(self.limits.body_timeout_s, self._body_timeout)
+        self._body_pending = (
+            self.cycle is not None and not self.cycle.response_complete and self._expects_body()
+        )
 
     def on_message_complete(self) -> None:  # noqa: D102
         self._disarm()
+        self._body_pending = False
         self._begun = False
         self._in_headers = True  # the next bytes on this connection are the next request's headers
         super().on_message_complete()
