@@ -21,7 +21,6 @@ closes is still read and answered (its header timeout bounds the wait).
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -108,11 +107,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         counted = self._in_headers  # a chunk that starts inside the headers counts whole
-        try:
-            super().data_received(data)
-        except _Refused as err:  # raised by our callbacks when httptools passes them through unwrapped
-            self._refuse(err.status, err.message)
-            return
+        self._feed(data)
         if self._refused:
             return
         if counted and self._in_headers:
@@ -123,29 +118,33 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     f"request line and headers exceed {self.limits.max_header_bytes} bytes (RESCOM_MAX_HEADER_BYTES)",
                 )
                 return
-        if (
-            self._timer is None
-        ):  # armed only when a request is left half-received (none for one-chunk requests)
+        if self._timer is None:  # armed only when a request is left half-received (not for one-chunk ones)
             if self._begun and self._in_headers:
                 self._arm(self.limits.header_timeout_s, self._header_timeout)
             elif self._body_pending:
                 self._arm(self.limits.body_timeout_s, self._body_timeout)
 
-    def send_400_response(self, msg: str) -> None:  # noqa: D102
-        err = self._callback_error()
-        if err is not None:
-            self._refuse(err.status, err.message)
-            return
-        self._refuse(400, "malformed HTTP request: " + msg.rstrip(".").lower())
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's ``data_received``, but a refusal or a parse error is answered in JSON without a log line
+        per request (a flood of bad requests must not become a flood of log lines)."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except (httptools.HttpParserError, _Refused) as exc:
+            refused = _refusal_behind(exc)
+            if refused is not None:
+                self._refuse(refused.status, refused.message)
+            else:
+                self.logger.debug("malformed HTTP request: %s", exc)
+                self._refuse(400, f"malformed HTTP request: {str(exc)[:100] or 'unparsable'}")
 
-    def _callback_error(self) -> _Refused | None:
-        """httptools wraps an exception raised in a callback; find ours behind it."""
-        exc = sys.exc_info()[1]
-        while exc is not None:
-            if isinstance(exc, _Refused):
-                return exc
-            exc = exc.__context__ or exc.__cause__
-        return None
+    def send_400_response(self, msg: str) -> None:  # noqa: D102
+        self._refuse(400, "malformed HTTP request: " + msg.rstrip(".").lower())
 
     # ---------------------------------------------------------------------------------------- parser callbacks
 
@@ -267,9 +266,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+def _refusal_behind(exc: BaseException | None) -> _Refused | None:
+    """httptools wraps an exception raised in a callback (``HttpParserCallbackError``); find ours behind it."""
+    while exc is not None:
+        if isinstance(exc, _Refused):
+            return exc
+        exc = exc.__context__ or exc.__cause__
+    return None
+
+
 def limited_protocol(limits: ConnectionLimits) -> type[LimitedHttpToolsProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)`` with these limits."""
     return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
-
-
-_ = httptools  # the parser this protocol is built on (import fails early when it is missing)

@@ -366,3 +366,45 @@ def test_sigterm_with_default_settings_answers_every_connection(tmp_path: Path):
         assert not dropped, dropped[:5]
         assert outcomes.get("200", 0) > 100 and outcomes.get("refused", 0) > 0, outcomes
         assert closed_keep_alive > 0  # responses during the delay tell keep-alive clients to go
+
+
+def test_shutdown_answers_a_half_sent_request_and_closes_keep_alive(repo: Path):
+    """SIGTERM (delay 1 s): a keep-alive client is told ``Connection: close`` with its next answer; a request
+    whose headers were still arriving when the listener closed is read to its end and answered."""
+    port = free_port()
+    settings = Settings(model_repository=repo, port=port, poll_interval_s=0, log_level="warning")
+    app = create_app(settings, fast_path=False)
+    server = DrainingServer(server_config(settings, app), app, 1.0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    live = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as keep,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as half,
+    ):
+        keep.sendall(live)
+        first = keep.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()
+        half.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n")
+        time.sleep(0.2)
+        server.handle_exit(signal.SIGTERM, None)
+        assert httpx.get(url + "/health/ready").status_code == 503
+        keep.sendall(live)
+        during = _read_all(keep)  # answered, then closed by the server
+        assert during.startswith(b"HTTP/1.1 200") and b"connection: close" in during.lower()
+        time.sleep(1.5)  # the delay is over: the listener is closed
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        half.sendall(b"Content-Length: %d\r\n\r\n" % len(PNG) + PNG)
+        answer = _read_all(half)
+        assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
+    thread.join(15)
+    assert not thread.is_alive()
