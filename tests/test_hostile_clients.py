@@ -340,11 +340,14 @@ def test_sigterm_with_default_settings_answers_every_connection(tmp_path: Path):
             nonlocal closed_keep_alive
             limits = httpx.Limits(max_keepalive_connections=0)
             async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as ac:
-                while time.monotonic() < stop_at:
+                while time.monotonic() < stop_at:  # until the process has gone (then connects are refused)
+                    exited = proc.poll() is not None
                     try:
                         r = await ac.post("/predict", content=PNG, headers={"Content-Type": "image/png"})
                     except httpx.ConnectError:
                         outcomes["refused"] = outcomes.get("refused", 0) + 1
+                        if exited:
+                            return
                         await asyncio.sleep(0.05)
                         continue
                     except httpx.TransportError as err:
@@ -355,7 +358,7 @@ def test_sigterm_with_default_settings_answers_every_connection(tmp_path: Path):
                     outcomes[str(r.status_code)] = outcomes.get(str(r.status_code), 0) + 1
 
         async def run() -> None:
-            stop_at = time.monotonic() + 9
+            stop_at = time.monotonic() + 60
             tasks = [asyncio.create_task(client(stop_at)) for _ in range(32)]
             await asyncio.sleep(1.5)
             proc.send_signal(signal.SIGTERM)
@@ -364,7 +367,7 @@ def test_sigterm_with_default_settings_answers_every_connection(tmp_path: Path):
         asyncio.run(run())
         assert proc.wait(30) == -signal.SIGTERM
         assert not dropped, dropped[:5]
-        assert outcomes.get("200", 0) > 100 and outcomes.get("refused", 0) > 0, outcomes
+        assert outcomes.get("200", 0) > 32 and outcomes.get("refused", 0) >= 32, outcomes
         assert closed_keep_alive > 0  # responses during the delay tell keep-alive clients to go
 
 
