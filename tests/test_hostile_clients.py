@@ -411,3 +411,27 @@ def test_shutdown_answers_a_half_sent_request_and_closes_keep_alive(repo: Path):
         assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
     thread.join(15)
     assert not thread.is_alive()
+
+
+def test_large_images_are_decoded_off_the_event_loop_whatever_their_file_size(repo: Path, monkeypatch):
+    """A 2000 x 2000 1-bit PNG is a few kB: the decision to decode inline goes by pixels, not bytes."""
+    import service.inference as inference
+
+    threads: list[str] = []
+    real = inference.decode_opened
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "decode_opened", recording)
+    buf = io.BytesIO()
+    Image.new("1", (2000, 2000), 1).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 10_000
+    with hardened_server(repo) as (url, _):
+        for body in (PNG, buf.getvalue()):
+            r = httpx.post(url + "/predict", content=body, headers={"Content-Type": "image/png"})
+            assert r.status_code == 200, r.text
+    small, large = threads
+    assert not small.startswith("rescom-decode")  # 32 x 32: decoded inline, a thread hop costs more
+    assert large.startswith("rescom-decode")
