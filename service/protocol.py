@@ -143,6 +143,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.logger.debug("malformed HTTP request: %s", exc)
                 self._refuse(400, f"malformed HTTP request: {str(exc)[:100] or 'unparsable'}")
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """An ``Upgrade`` request (the service has no WebSocket routes) is served as a plain request; not logged
+        as a warning each time, as uvicorn does."""
+        self.logger.debug("Upgrade header ignored: the service has no WebSocket routes")
+
     def send_400_response(self, msg: str) -> None:  # noqa: D102
         self._refuse(400, "malformed HTTP request: " + msg.rstrip(".").lower())
 

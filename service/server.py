@@ -74,6 +74,7 @@ def server_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
         backlog=2048,
         lifespan="on",
         server_header=False,
+        ws="none",  # no WebSocket routes: an upgrade request is answered by the app like any other request
     )
 
 
