@@ -223,7 +223,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _body_timeout(self) -> None:
         self._timer = None
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
+        if (
+            cycle is None or cycle.response_complete
+        ):  # answered early (e.g. 401): the rest is not worth waiting for
+            self._body_pending = False
+            self.transport.close()
             return
         message = f"request body not received within {self.limits.body_timeout_s} s (RESCOM_BODY_TIMEOUT_S)"
         if not cycle.response_started:

@@ -435,3 +435,20 @@ def test_large_images_are_decoded_off_the_event_loop_whatever_their_file_size(re
     small, large = threads
     assert not small.startswith("rescom-decode")  # 32 x 32: decoded inline, a thread hop costs more
     assert large.startswith("rescom-decode")
+
+
+def test_a_body_still_trickling_after_an_early_answer_is_cut_off(server):
+    """401 before the body was read; the client keeps trickling the declared 1 MB: closed at the body timeout."""
+    _, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        time.sleep(0.2)
+        assert s.recv(65536).startswith(b"HTTP/1.1 401")
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            while time.monotonic() - started < 5:
+                s.sendall(b"x" * 100)
+                time.sleep(0.05)
+        assert time.monotonic() - started < 3  # the server closed it after ~0.5 s
