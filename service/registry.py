@@ -182,7 +182,7 @@ class ModelRegistry:
             yield served
         finally:
             served.leases -= 1
-            if served.retired and served.leases == 0:
+            if served.retired and served.leases == 0 and served in self._retiring:
                 self._close_retired(served)
 
     def adaptive(self, name: str) -> AdaptivePrior:
@@ -385,7 +385,7 @@ class ModelRegistry:
             )
 
     def _close_retired(self, old: ServedModel) -> None:
-        if old in self._retiring:
+        if old in self._retiring:  # not there any more once close() took it over
             self._retiring.remove(old)
         task = asyncio.get_running_loop().create_task(
             self._close(old), name=f"retire-{old.name}-{old.version}"
