@@ -10,7 +10,9 @@ Front ends (each serves ``service.main``'s app on the bundled digits model with 
   (``pip install --target .venv-granian granian==2.8.7``).
 
 Load: ``wrk -t1`` with ``post.lua``, raw PNG bodies (28x28 RGB, 200 different images) to ``POST /predict``,
-at each concurrency for ``--seconds``, ``--runs`` times. Prints req/s, p50 and p99 per run and the load average.
+at each concurrency for ``--seconds``, ``--runs`` times. Prints req/s, p50, p99 and the server's CPU time per
+request (user + system, from ``/proc``: less sensitive to other load than throughput) per run, and the load
+average.
 """
 
 from __future__ import annotations
@@ -75,8 +77,31 @@ def command(frontend: str, port: int, granian_path: Path) -> tuple[list[str], di
     return [sys.executable, "-m", "granian", *args, "service.main:app"], env
 
 
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, its threads and its live child processes (granian runs its workers as
+    children), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError, IndexError):
+            fields = _stat(p)
+            total += int(fields[11]) + int(fields[12])
+        todo += children.get(p, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def serving(frontend: str, granian_path: Path) -> Iterator[str]:
+def serving(frontend: str, granian_path: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     cmd, env = command(frontend, port, granian_path)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,7 +115,7 @@ def serving(frontend: str, granian_path: Path) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{frontend} did not start ({' '.join(cmd)})")
             time.sleep(0.1)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -133,6 +158,7 @@ def wrk(url: str, connections: int, seconds: float, requests: Path) -> dict:
         "p50_ms": raw["p50_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,
         "non_2xx": raw["status"],
+        "requests": raw["requests"],
     }
 
 
@@ -147,17 +173,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         requests = manifest(Path(d))
         print(f"load average before: {os.getloadavg()}")
-        print("| front end | c | run | req/s | p50 ms | p99 ms | non-2xx |")
-        print("|---|---|---|---|---|---|---|")
+        print("| front end | c | run | req/s | p50 ms | p99 ms | server CPU ms/req | non-2xx |")
+        print("|---|---|---|---|---|---|---|---|")
         for frontend in args.frontends.split(","):
-            with serving(frontend, args.granian_path) as url:
+            with serving(frontend, args.granian_path) as (url, pid):
                 wrk(url, 16, 2, requests)  # warm-up
                 for c in map(int, args.concurrencies.split(",")):
                     for run in range(args.runs):
+                        cpu0 = cpu_seconds(pid)
                         r = wrk(url, c, args.seconds, requests)
+                        cpu_ms = 1000 * (cpu_seconds(pid) - cpu0) / max(1, r["requests"])
                         print(
                             f"| {frontend} | {c} | {run + 1} | {r['requests_per_s']:.0f} | {r['p50_ms']:.1f} | "
-                            f"{r['p99_ms']:.1f} | {r['non_2xx']} |",
+                            f"{r['p99_ms']:.1f} | {cpu_ms:.2f} | {r['non_2xx']} |",
                             flush=True,
                         )
         print(f"load average after: {os.getloadavg()}")
