@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["to_rgb", "resize_center_crop", "resized_size"]
+__all__ = ["to_rgb", "resize_center_crop", "resized_size", "reduce_for", "decoded_bytes_per_pixel"]
+
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # rescaled to 8 bits by :func:`to_rgb`
+ROWS_PER_CHUNK = 256  # rows of a wide-mode image converted at a time (bounds the float64 temporaries)
 
 
 def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
@@ -30,13 +33,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        if img.mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if img.mode in WIDE_MODES:
+        return _wide_to_rgb(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -44,6 +42,57 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _wide_to_rgb(img: Image.Image) -> Image.Image:
+    """16/32-bit grayscale -> 8-bit RGB: ``I;16*`` maps 0..65535 to 0..255, ``I``/``F`` their min..max.
+
+    Converted ``ROWS_PER_CHUNK`` rows at a time, so the float64 temporaries stay a few MiB whatever the image
+    size (same arithmetic as converting the whole array at once: the result is bit-identical).
+    """
+    arr = np.asarray(img)  # [H, W] uint16 / int32 / float32
+    if img.mode.startswith("I;16"):
+        lo, hi = 0.0, 65535.0
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+    out = np.zeros(arr.shape, dtype=np.uint8)  # [H, W]
+    if hi > lo:
+        scale = 255.0 / (hi - lo)
+        for top in range(0, arr.shape[0], ROWS_PER_CHUNK):
+            rows = arr[top : top + ROWS_PER_CHUNK].astype(np.float64)  # [<=256, W]
+            out[top : top + ROWS_PER_CHUNK] = np.clip(np.rint((rows - lo) * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, mode="L").convert("RGB")
+
+
+def decoded_bytes_per_pixel(mode: str) -> int:
+    """Bytes Pillow holds per pixel once an image of ``mode`` is decoded (multi-band modes use 4)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def reduce_for(img: Image.Image, resize: int) -> Image.Image:
+    """Shrink a decoded image by an integer factor while its shorter side stays >= ``2 * resize``.
+
+    For images much larger than the model input: the final bilinear resize then starts from at most twice its
+    output size, and mode conversions (:func:`to_rgb`) run on the small image. Images less than 4x the target
+    come back unchanged (so ordinary inputs are preprocessed exactly as in evaluation). Box filter where
+    Pillow's ``reduce`` supports the mode; ``1`` goes through ``L``; palette images use nearest (their colours
+    are indices).
+    """
+    factor = min(img.width, img.height) // (2 * resize)
+    if factor < 2:
+        return img
+    size = (max(1, img.width // factor), max(1, img.height // factor))
+    if img.mode == "1":
+        img = img.convert("L")
+    if img.mode == "P":
+        return img.resize(size, Image.Resampling.NEAREST)
+    if img.mode.startswith("I;16"):
+        return img.resize(size, Image.Resampling.BOX)
+    return img.reduce(factor)
 
 
 def resize_center_crop(

@@ -3,20 +3,30 @@
 When an API key is set, every route except the health probes (and the OpenAPI docs) requires
 ``Authorization: Bearer <key>``; the comparison is constant-time (:func:`hmac.compare_digest`). A missing or
 wrong token gets 401 with ``WWW-Authenticate: Bearer``. Without a key the dependency lets everything through.
+A request with more than one ``Authorization`` header gets 400 on every path (:func:`authorization_header`), so
+that no two layers can disagree on which one counts.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from service.errors import Unauthorized
+from service.errors import BadRequest, Unauthorized
 from service.state import get_state
 
-__all__ = ["require_api_key", "check_api_key", "verify_bearer", "bearer_scheme", "OPENAPI_SECURITY"]
+__all__ = [
+    "require_api_key",
+    "check_api_key",
+    "verify_bearer",
+    "authorization_header",
+    "bearer_scheme",
+    "OPENAPI_SECURITY",
+]
 
 # For routes that call check_api_key() themselves (the /predict hot path skips FastAPI's dependency machinery).
 OPENAPI_SECURITY = {"security": [{"HTTPBearer": []}]}
@@ -43,7 +53,24 @@ def check_api_key(request: Request) -> None:
     Raises:
         Unauthorized: missing or different token (401, ``WWW-Authenticate: Bearer``).
     """
-    verify_bearer(request.headers.get("authorization"), get_state(request).settings.api_key)
+    key = get_state(request).settings.api_key
+    if key is not None:
+        verify_bearer(authorization_header(request.scope["headers"]), key)
+
+
+def authorization_header(raw_headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The one ``Authorization`` header of a request (ASGI raw headers), ``None`` when it has none.
+
+    Raises:
+        BadRequest: more than one ``Authorization`` header (400).
+    """
+    found = None
+    for name, value in raw_headers:
+        if name == b"authorization":
+            if found is not None:
+                raise BadRequest("more than one Authorization header; send exactly one")
+            found = value.decode("latin-1")
+    return found
 
 
 def verify_bearer(authorization: str | None, key: SecretStr | None) -> None:

@@ -24,7 +24,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -188,6 +188,32 @@ class DynamicBatcher:
                 f"{self.max_queue_size}; retry later",
                 retry_after_s=self.retry_after_s,
             )
+
+    async def submit_prepared(
+        self, rows: int, prepare: Callable[[], Awaitable[np.ndarray]], timeout_s: float | None = None
+    ) -> np.ndarray:
+        """Admit a request of ``rows`` rows, prepare its input (decoding) and queue it: the admission steps.
+
+        Room is checked before ``prepare`` runs (an overloaded queue rejects a request before it costs a
+        decode), the request is announced while it prepares (the batching window may wait for it) and withdrawn
+        when preparing fails.
+
+        Args:
+            rows: rows ``prepare`` will produce.
+            prepare: coroutine function returning ``[rows, ...]``.
+            timeout_s: deadline while queued (as :meth:`submit`).
+
+        Raises:
+            Overloaded, DeadlineExceeded, Unavailable, ServiceError: as :meth:`submit`; whatever ``prepare`` raises.
+        """
+        self.check_room(rows)
+        self.announce()
+        try:
+            x = await prepare()
+        except BaseException:
+            self.withdraw()
+            raise
+        return await self.submit(x, timeout_s=timeout_s, announced=True)
 
     async def submit(
         self, x: np.ndarray, timeout_s: float | None = None, announced: bool = False

@@ -78,6 +78,36 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         25_000_000, ge=1, description="width*height limit per image, checked before decode"
     )
+    max_decoded_bytes: int = Field(
+        256 * 2**20,
+        ge=2**20,
+        description="decoded size of all images of one request (width*height*bytes per pixel of each image's "
+        "mode, from the headers); beyond it 413 before anything is decoded",
+    )
+
+    # --- connection limits (enforced by the HTTP protocol, before routing, auth or any body read)
+    max_request_line_bytes: int = Field(
+        8192, ge=256, le=2**20, description="request target (path + query) limit; beyond it 414"
+    )
+    max_header_bytes: int = Field(
+        65536, ge=1024, le=2**24, description="request line + all header lines limit; beyond it 431"
+    )
+    max_headers: int = Field(100, ge=8, le=10_000, description="header lines per request; beyond it 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="time to send the request line and headers; slower clients get 408"
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="time to send the body once the headers are in (16 MiB at ~280 kB/s); then 408 and closed",
+    )
+    keep_alive_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="idle keep-alive connections are closed after this long"
+    )
+    max_connections: int = Field(
+        1024, ge=1, le=1_000_000, description="open connections per process; beyond it 503 + Retry-After"
+    )
 
     # --- ONNX Runtime
     providers: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
@@ -129,11 +159,12 @@ class Settings(BaseSettings):
         description="on SIGTERM: longest wait for in-flight requests; those still running then get 503",
     )
     shutdown_delay_s: float = Field(
-        0.0,
+        5.0,
         ge=0,
         le=3600,
         description="on SIGTERM: keep serving this long with readiness 503 before the listener closes, so load "
-        "balancers stop sending traffic first (Kubernetes: instead of a preStop sleep); SIGINT skips it",
+        "balancers stop sending traffic first (Kubernetes: instead of a preStop sleep; 5 s covers endpoint "
+        "removal reaching kube-proxy and ingress controllers, ~1-2 s, with margin); SIGINT skips it",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(False, description="uvicorn access log (request counts are in /metrics anyway)")

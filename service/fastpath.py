@@ -19,10 +19,11 @@ from urllib.parse import parse_qsl
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.auth import verify_bearer
+from service.auth import authorization_header, verify_bearer
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, ShuttingDown
+from service.inference import predict_encoded
 from service.responses import dumps
-from service.routes.predict import EMPTY_BODY, is_raw_image, parse_query, predict_images
+from service.routes.predict import EMPTY_BODY, is_raw_image, parse_query
 
 __all__ = ["PredictFastPath"]
 
@@ -43,12 +44,10 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         state = getattr(getattr(self.fastapi_app or scope.get("app"), "state", None), "rescom", None)
-        content_type = authorization = content_length = None
+        content_type = content_length = None
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value.decode("latin-1")
-            elif key == b"authorization":
-                authorization = value.decode("latin-1")
             elif key == b"content-length":
                 content_length = value
         if state is None or not is_raw_image(content_type or ""):
@@ -57,12 +56,17 @@ class PredictFastPath:
         start = time.perf_counter()
         headers: dict[str, str] = {}
         try:
-            verify_bearer(authorization, _key(state))
+            key = _key(state)
+            if key is not None:
+                verify_bearer(authorization_header(scope["headers"]), key)
             options = parse_query(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-            body = await _read_body(receive, content_length, state.settings.max_body_bytes)
-            if not body:
-                raise BadRequest(EMPTY_BODY)
-            status, payload = 200, dumps(await predict_images(state, [body], **options))
+            with state.registry.lease(
+                options.pop("model"), options.pop("version")
+            ) as served:  # before the body
+                body = await _read_body(receive, content_length, state.settings.max_body_bytes)
+                if not body:
+                    raise BadRequest(EMPTY_BODY)
+                status, payload = 200, dumps(await predict_encoded(state, served, [body], **options))
         except ServiceError as err:
             status, payload, headers = err.status_code, dumps({"error": err.message}), err.headers
         except asyncio.CancelledError:  # still running when the graceful shutdown's drain timeout ran out

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from rescom.calibration import em_prior, normalize_prior
-from service.errors import Unprocessable
+from service.errors import BadRequest, Unprocessable
 from service.repository import ModelSpec
 
 __all__ = [
@@ -57,6 +57,7 @@ def parse_prior(value: Any, spec: ModelSpec, default: str | None = None) -> Prio
 
     Raises:
         Unprocessable: unknown keyword, invalid JSON, negative / non-finite / all-zero weights, unknown class.
+        BadRequest: weights whose sum overflows float64 (400).
     """
     if value is None:
         return PriorChoice(default or spec.default_prior)
@@ -77,9 +78,15 @@ def parse_prior(value: Any, spec: ModelSpec, default: str | None = None) -> Prio
             raise Unprocessable(f"prior is not valid JSON ({reason}); {PRIOR_HELP}") from None
     if isinstance(value, Mapping | Sequence) and not isinstance(value, str | bytes):
         try:
-            weights = normalize_prior(value, spec.num_classes, spec.class_names)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is refused just below
+                weights = normalize_prior(value, spec.num_classes, spec.class_names)
         except (ValueError, TypeError, OverflowError) as err:  # OverflowError: an integer beyond float range
             raise Unprocessable(f"invalid prior: {err}") from None
+        if not (np.isfinite(weights).all() and abs(float(weights.sum()) - 1.0) < 1e-6):
+            raise BadRequest(  # each weight finite, but their sum beyond float64's range (~1.8e308)
+                "invalid prior: the weights sum to more than the largest float (1.8e308); scale them down "
+                "(only their ratios matter)"
+            )
         return PriorChoice("custom", weights)
     raise Unprocessable(
         f"prior must be a string, an object or a list, got {type(value).__name__}; {PRIOR_HELP}"

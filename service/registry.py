@@ -6,6 +6,11 @@ while the current version keeps serving; then the new version replaces the old o
 old one drains and closes in the background. A version that fails is refused with one log line, remembered by
 its files' fingerprint (so it is not retried every poll, but is retried once the files change), and the
 previous version keeps serving. Only one version per model is served (Triton's default ``latest: 1`` policy).
+
+A request holds a lease on the version it started with (:meth:`ModelRegistry.lease`), taken before its body is
+read, until it is answered; a replaced version is retired and closed when its last lease ends (a reference
+count, not a fixed grace), so a slow upload or a long decode that spans a swap is still answered by the version
+it started with.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from service.batcher import DynamicBatcher
@@ -36,10 +42,8 @@ __all__ = ["ModelRegistry", "ServedModel"]
 
 log = logging.getLogger("rescom.service.registry")
 
-RETIRE_GRACE_S = 2.0  # requests that picked the old version just before a swap still reach its queue
 
-
-@dataclass
+@dataclass(eq=False)  # identity: compared and looked up as one loaded instance
 class ServedModel:
     """One loaded model version with its session and its batcher."""
 
@@ -47,6 +51,8 @@ class ServedModel:
     runtime: ModelRuntime
     batcher: DynamicBatcher
     loaded_at: float = field(default_factory=time.time)
+    leases: int = 0  # requests holding this version (ModelRegistry.lease)
+    retired: bool = False  # replaced: closed when the last lease ends
 
     @property
     def name(self) -> str:
@@ -95,6 +101,7 @@ class ModelRegistry:
         self._known: set[str] = set()
         self._incomplete_reported: set[str] = set()  # models whose lack of a complete version was logged
         self._background: set[asyncio.Task[None]] = set()
+        self._retiring: list[ServedModel] = []  # replaced versions with leases still held
         self._task: asyncio.Task[None] | None = None
         self.initial_load_done = False
 
@@ -162,6 +169,22 @@ class ModelRegistry:
                 )
         return served
 
+    @contextlib.contextmanager
+    def lease(self, name: str | None = None, version: str | int | None = None) -> Iterator[ServedModel]:
+        """Hold the served model of a request until it is answered (same arguments and errors as :meth:`get`).
+
+        Take it before reading the request body: a version swapped out meanwhile stays open until every lease
+        on it has ended, then closes (:meth:`_retire`).
+        """
+        served = self.get(name, version)
+        served.leases += 1
+        try:
+            yield served
+        finally:
+            served.leases -= 1
+            if served.retired and served.leases == 0 and served in self._retiring:
+                self._close_retired(served)
+
     def adaptive(self, name: str) -> AdaptivePrior:
         """The adaptive prior state of a served model.
 
@@ -201,6 +224,8 @@ class ModelRegistry:
         for task in list(self._background):
             task.cancel()
         models, self._models = list(self._models.values()), {}
+        models += [m for m in self._retiring if m not in models]
+        self._retiring.clear()
         await asyncio.gather(*(m.batcher.close(timeout_s) for m in models), return_exceptions=True)
         for m in models:
             m.runtime.close()
@@ -318,11 +343,7 @@ class ModelRegistry:
             "" if old is None else f"; replaces version {old.version}",
         )
         if old is not None:
-            task = asyncio.get_running_loop().create_task(
-                self._retire(old), name=f"retire-{name}-{old.version}"
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._retire(old)
         return True
 
     def _refuse(self, name: str, version: int, reason: str) -> bool:
@@ -349,8 +370,30 @@ class ModelRegistry:
             class_bias=spec.class_bias,
         )
 
-    async def _retire(self, old: ServedModel) -> None:
-        await asyncio.sleep(min(RETIRE_GRACE_S, self.settings.drain_timeout_s))
-        await old.batcher.close(self.settings.drain_timeout_s)
+    def _retire(self, old: ServedModel) -> None:
+        """``old`` was replaced: close it now if no request holds it, else when its last lease ends."""
+        old.retired = True
+        if old.leases == 0:
+            self._close_retired(old)
+        else:
+            self._retiring.append(old)
+            log.info(
+                "model %s version %d replaced; closes when its %d request(s) in flight are answered",
+                old.name,
+                old.version,
+                old.leases,
+            )
+
+    def _close_retired(self, old: ServedModel) -> None:
+        if old in self._retiring:  # not there any more once close() took it over
+            self._retiring.remove(old)
+        task = asyncio.get_running_loop().create_task(
+            self._close(old), name=f"retire-{old.name}-{old.version}"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _close(self, old: ServedModel) -> None:
+        await old.batcher.close(self.settings.drain_timeout_s)  # empty: every request in it held a lease
         old.runtime.close()
         log.info("model %s version %d retired", old.name, old.version)

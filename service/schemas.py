@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 __all__ = ["PredictJSONRequest", "ClassScore", "Prediction", "PredictResponse", "ErrorResponse"]
 
@@ -30,7 +30,7 @@ class PredictJSONRequest(BaseModel):
     images: list[str] = Field(
         min_length=1, description="base64-encoded image files (data: URLs are accepted)"
     )
-    top_k: int | None = Field(None, description="classes to return per image, 1..C (default 5)")
+    top_k: StrictInt | None = Field(None, description="classes to return per image, 1..C (default 5)")
     prior: str | dict[str, Any] | list[Any] | None = Field(None, description=PRIOR_DOC)
     temperature: bool | float | str | None = Field(None, description=TEMPERATURE_DOC)
     model: str | None = Field(None, description="model name (optional when one model is served)")

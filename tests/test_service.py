@@ -329,12 +329,12 @@ def test_unknown_route_and_method(client: httpx.Client):
 
 
 def test_internal_errors_do_not_leak(client: httpx.Client, monkeypatch: pytest.MonkeyPatch):
-    import service.routes.predict as predict_module
+    import service.inference as inference_module
 
     def boom(*args, **kwargs):
         raise RuntimeError("secret detail at /srv/models/tiny/1/model.onnx")
 
-    monkeypatch.setattr(predict_module, "_response", boom)
+    monkeypatch.setattr(inference_module, "predict_response", boom)
     r = post_png(client, IMAGES[0])
     assert r.status_code == 500
     assert r.json() == {"error": "internal error"}

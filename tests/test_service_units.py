@@ -248,3 +248,36 @@ def test_adaptive_prior_window_and_lazy_em():
     np.testing.assert_allclose(np.sort(ap._window_copy(), axis=0), np.sort(batches[3][-16:], axis=0))
     ap.reset()
     assert ap.n_seen == 0 and ap.snapshot()["window_filled"] == 0
+
+
+def _encoded(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_open_images_estimates_decoded_bytes_from_the_header_by_mode():
+    from service.images import decoded_pixels, open_images
+
+    blobs = [
+        _encoded(Image.fromarray(np.zeros((300, 400), np.uint16)), "PNG"),  # I;16: 2 bytes per pixel
+        _encoded(Image.new("1", (400, 300)), "PNG"),  # 1-bit: 1 byte, +1 for the shrink through L
+        _encoded(Image.new("RGB", (40, 30)), "PNG"),  # RGB: 4 bytes (Pillow's storage)
+    ]
+    opened = open_images(blobs, resize=32, max_pixels=10**6, max_decoded_bytes=10**7)
+    assert [o.decoded_bytes for o in opened] == [240_000, 240_000, 4_800]
+    assert decoded_pixels(opened) == 2 * 120_000 + 1_200
+    for o in opened:
+        o.image.close()
+    with pytest.raises(PayloadTooLarge, match="RESCOM_MAX_DECODED_BYTES"):
+        open_images(blobs, resize=32, max_pixels=10**6, max_decoded_bytes=400_000)
+
+
+def test_large_jpegs_decode_at_draft_scale():
+    from service.images import decode_opened, open_images
+
+    data = _encoded(Image.new("RGB", (2048, 1536), (200, 30, 60)), "JPEG")
+    (opened,) = open_images([data], resize=32, max_pixels=10**7, max_decoded_bytes=10**8)
+    assert opened.image.size == (256, 192)  # 1/8 scale, still >= 2x the resize
+    out = decode_opened([opened], resize=32, crop=32)
+    assert out.shape == (1, 32, 32, 3) and abs(int(out[..., 0].mean()) - 200) <= 3

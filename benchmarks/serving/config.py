@@ -28,6 +28,12 @@ class BenchConfig:
         ort_threads: ONNX Runtime intra-op threads of the one model instance (the service's default on 2 cores).
         timeout_s: request deadline (the service's ``request_timeout_s``).
         wrk_threads: load generator threads (1 leaves the most CPU to the server on a 2-core box).
+        repeats: runs of each of the ``repeat_top`` highest concurrencies (median reported, with the spread).
+        repeat_top: how many of the highest concurrencies are repeated.
+        mosec_wait_ms: Mosec's ``max_wait_time`` (integer ms; its unit). 5 ms: the independent comparison of
+            issue 12 found Mosec best there; 2 ms (our window) starved its batches on a loaded box.
+        bentoml_max_latency_ms: BentoML's ``max_latency_ms``, which its docs tell users to set to their latency
+            objective (the adaptive dispatcher sizes its window from it); 10 s made it wait far too long.
         quick: a short development run.
     """
 
@@ -39,7 +45,16 @@ class BenchConfig:
     ort_threads: int = 2
     timeout_s: float = 10.0
     wrk_threads: int = 1
+    repeats: int = 3
+    repeat_top: int = 2
+    mosec_wait_ms: float = 5.0
+    bentoml_max_latency_ms: float = 200.0
     quick: bool = False
+
+    def runs_at(self, concurrency: int) -> int:
+        """How many times the point at ``concurrency`` is measured."""
+        top = sorted(self.concurrencies)[-self.repeat_top :] if self.repeat_top > 0 else []
+        return self.repeats if concurrency in top else 1
 
     def app_env(self) -> dict[str, str]:
         """``BENCH_*`` variables read by the peer apps (:class:`apps.pipeline.AppSettings`)."""
@@ -48,6 +63,8 @@ class BenchConfig:
             "BENCH_DELAY_MS": str(self.max_delay_ms),
             "BENCH_ORT_THREADS": str(self.ort_threads),
             "BENCH_TIMEOUT_S": str(self.timeout_s),
+            "BENCH_MOSEC_WAIT_MS": str(self.mosec_wait_ms),
+            "BENCH_BENTOML_MAX_LATENCY_MS": str(self.bentoml_max_latency_ms),
         }
 
     def service_env(self) -> dict[str, str]:

@@ -13,8 +13,43 @@ LOAD_LIMIT = 1.5  # 1-minute load average before the run above which the numbers
 OTHER_CPU_LIMIT = 15.0  # % of one core used by other processes during a load point
 
 
+def _runs(server: dict[str, Any], concurrency: int) -> list[dict[str, Any]]:
+    return [p for p in server.get("points", []) if p["concurrency"] == concurrency]
+
+
 def _point(server: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
-    return next((p for p in server.get("points", []) if p["concurrency"] == concurrency), None)
+    """The run with the median throughput at ``concurrency`` (the only one when it ran once)."""
+    runs = sorted(_runs(server, concurrency), key=lambda p: p["throughput"])
+    return runs[(len(runs) - 1) // 2] if runs else None
+
+
+def spread_lines(servers: dict[str, Any]) -> list[str]:
+    """Markdown rows: median, min-max and spread of throughput and p99 where a point ran more than once."""
+    rows = []
+    for s in servers.values():
+        for c in sorted({p["concurrency"] for p in s.get("points", [])}):
+            runs = _runs(s, c)
+            if len(runs) < 2:
+                continue
+            tput = sorted(p["throughput"] for p in runs)
+            p99 = sorted(p["p99_ms"] for p in runs)
+            median = _point(s, c)
+            assert median is not None
+            spread = 100.0 * (tput[-1] - tput[0]) / median["throughput"] if median["throughput"] else 0.0
+            rows.append(
+                f"| {s['title']} | {c} | {len(runs)} | {median['throughput']:.0f} | {tput[0]:.0f}-{tput[-1]:.0f} | "
+                f"{spread:.1f}% | {median['p99_ms']:.1f} | {p99[0]:.1f}-{p99[-1]:.1f} |"
+            )
+    if not rows:
+        return []
+    head = [
+        "",
+        "## Repeated points (median and spread)",
+        "",
+        "| server | concurrency | runs | median req/s | min-max req/s | spread | p99 ms (median run) | p99 min-max |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    return head + rows
 
 
 def evaluate_targets(
@@ -164,6 +199,7 @@ def write_markdown(results: dict[str, Any], path: Path, plot_name: str) -> None:
                 f"{_fmt(p.get('cpu_ms_per_req'), 2)} | {_fmt(p.get('wrk_cpu_pct'), 0)}% | "
                 f"{_fmt(p.get('other_cpu_pct'), 0)}% |"
             )
+    lines += spread_lines(servers)
     lines += ["", "## Accuracy pass (all test images, one request each)", ""]
     lines += ["| server | HTTP 200 | same label as offline ORT | max score diff | top-1 accuracy |"]
     lines += ["| --- | ---: | ---: | ---: | ---: |"]

@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short points (3 s) for development")
     p.add_argument("--servers", default=",".join(s.key for s in SERVERS), help="comma-separated subset")
     p.add_argument("--concurrencies", default="1,16,64,256", help="comma-separated wrk connection counts")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each of the two highest concurrencies")
     p.add_argument("--duration", type=float, default=None, help="seconds per point (default 12, quick 3)")
     p.add_argument("--model-dir", type=Path, default=None, help="models/NAME/N (default: newest digits_lt)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where serving.{md,json,png} go")
@@ -98,7 +99,7 @@ def measure_points(
         server.base_url, manifest, 16, cfg.warmup_s, threads=cfg.wrk_threads, timeout_s=cfg.timeout_s, log=log
     )
     points = []
-    for c in cfg.concurrencies:
+    for c, run in ((conc, r) for conc in cfg.concurrencies for r in range(cfg.runs_at(conc))):
         before, cpu0 = server.batch_stats(), server.cpu_seconds()
         busy0, wrk0 = busy_cpu_seconds(), children_cpu_seconds()
         point = run_wrk(
@@ -113,6 +114,7 @@ def measure_points(
         after, cpu1 = server.batch_stats(), server.cpu_seconds()
         busy1, wrk1 = busy_cpu_seconds(), children_cpu_seconds()
         row = point.to_dict()
+        row["run"] = run + 1
         row["mean_batch"] = None
         if before is not None and after is not None and after[0] > before[0]:
             row["mean_batch"] = (after[1] - before[1]) / (after[0] - before[0])
@@ -124,7 +126,7 @@ def measure_points(
         row["other_cpu_pct"] = max(0.0, 100.0 * other / point.duration_s)
         points.append(row)
         print(
-            f"    c={c:<4d} {point.throughput:7.0f} req/s  p50 {point.p50_ms:7.2f}  p99 {point.p99_ms:7.2f} ms  "
+            f"    c={c:<4d} run {run + 1} {point.throughput:7.0f} req/s  p50 {point.p50_ms:7.2f}  p99 {point.p99_ms:7.2f} ms  "
             f"errors {point.error_count}  batch {row['mean_batch'] or 0:.1f}  "
             f"cpu {row['cpu_ms_per_req'] or 0:.2f} ms/req  other {row['other_cpu_pct']:.0f}%",
             flush=True,
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrencies=tuple(int(c) for c in args.concurrencies.split(",") if c),
         duration_s=args.duration or (3.0 if args.quick else 12.0),
         warmup_s=1.0 if args.quick else 2.0,
+        repeats=args.repeats,
         quick=args.quick,
     )
     wanted = [k.strip() for k in args.servers.split(",") if k.strip()]

@@ -1,40 +1,35 @@
 """``POST /predict``: images in (raw body, multipart ``file`` fields, or JSON base64), calibrated top-k out.
 
-Flow: read and validate everything cheap (options, sizes) -> decode + preprocess in the decoding pool ->
-``await batcher.submit(x)`` -> ``p = softmax(z / T + b + log π)`` (:func:`rescom.calibration.calibrated_probs`)
--> top-k. Route code never sees a batch.
+Flow: check the token and the query -> lease the model version (:meth:`service.registry.ModelRegistry.lease`)
+-> read the body -> :func:`service.inference.predict_encoded` (validate, decode, batch, calibrate, top-k). Route
+code never sees a batch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import functools
+import contextlib
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from rescom.calibration import calibrated_probs
 from service.auth import OPENAPI_SECURITY, check_api_key
 from service.config import Settings
-from service.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
-from service.images import decode_images
-from service.priors import parse_prior, parse_temperature, parse_top_k, temperature_class_bias
-from service.registry import ServedModel
+from service.errors import BadRequest, ServiceError, Unprocessable, UnsupportedMediaType
+from service.inference import predict_encoded
 from service.responses import json_response
 from service.schemas import PRIOR_DOC, TEMPERATURE_DOC, ErrorResponse, PredictJSONRequest, PredictResponse
-from service.state import ServiceState, get_state
+from service.state import get_state
 
-__all__ = ["router", "predict_images", "parse_query", "is_raw_image", "EMPTY_BODY"]
+__all__ = ["router", "parse_query", "is_raw_image", "EMPTY_BODY"]
 
 router = APIRouter(tags=["predict"])
-INLINE_DECODE_BYTES = 32 * 1024
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -105,10 +100,28 @@ async def predict(request: Request) -> Response:
     check_api_key(request)
     state = get_state(request)
     options = parse_query(request.query_params.multi_items())
-    blobs, body_options = await _read_images(request, state.settings)
-    options.update({k: v for k, v in body_options.items() if v is not None})
-    result = await predict_images(state, blobs, **options)
+    model, version = options.pop("model"), options.pop("version")
+    registry = state.registry
+    with contextlib.ExitStack() as leases:
+        served = None
+        try:  # before the body is read: the request keeps this version until it is answered
+            served = leases.enter_context(registry.lease(model, version))
+        except ServiceError:
+            if not _is_json(request):  # a JSON body may still name the model
+                raise
+        blobs, body_options = await _read_images(request, state.settings)
+        named = {k: body_options.pop(k) for k in ("model", "version") if body_options.get(k) is not None}
+        if served is None or named:
+            served = leases.enter_context(
+                registry.lease(named.get("model", model), named.get("version", version))
+            )
+        options.update({k: v for k, v in body_options.items() if v is not None})
+        result = await predict_encoded(state, served, blobs, **options)
     return json_response(result)
+
+
+def _is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower() == "application/json"
 
 
 def parse_query(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -125,11 +138,14 @@ def parse_query(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
             raise BadRequest(f"unknown query parameter {key!r}; allowed: {', '.join(allowed)}")
         options[key] = value
     if options["top_k"] is not None:
-        try:
-            options["top_k"] = int(options["top_k"])
-        except ValueError:
-            raise Unprocessable(f"top_k must be an integer, got {options['top_k'][:20]!r}") from None
+        text = options["top_k"]
+        if not _INTEGER.fullmatch(text):  # int() would also take "1_0", " 3", "+3" and "٣"
+            raise Unprocessable(f"top_k must be an integer, got {options['top_k'][:20]!r}")
+        options["top_k"] = int(text)
     return options
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,9}")
 
 
 def is_raw_image(content_type: str) -> bool:
@@ -142,76 +158,6 @@ EMPTY_BODY = (
     "empty request body; send an image file (Content-Type: image/*), multipart 'file' fields or JSON "
     '{"images": [base64, ...]}'
 )
-
-
-async def predict_images(
-    state: ServiceState,
-    blobs: list[bytes],
-    *,
-    top_k: Any = None,
-    prior: Any = None,
-    temperature: Any = None,
-    model: str | None = None,
-    version: Any = None,
-) -> dict[str, Any]:
-    """Validate options, decode, run through the batcher and calibrate (the transport-independent part)."""
-    settings = state.settings
-    served = state.registry.get(model, version)
-    spec = served.spec
-    k = parse_top_k(top_k, spec, settings.default_top_k)
-    choice = parse_prior(prior, spec, settings.default_prior)
-    t = parse_temperature(temperature, spec)
-    bias = temperature_class_bias(temperature, spec)  # b [C] of BCTS, None = 0
-    if len(blobs) > settings.max_images_per_request:
-        raise PayloadTooLarge(
-            f"{len(blobs)} images in one request; the limit is {settings.max_images_per_request} "
-            "(RESCOM_MAX_IMAGES_PER_REQUEST)"
-        )
-    decode = functools.partial(
-        decode_images, blobs, resize=spec.resize, crop=spec.crop, max_pixels=settings.max_image_pixels
-    )
-    served.batcher.check_room(len(blobs))  # overloaded: reject before decoding, not after
-    served.batcher.announce()
-    try:
-        if sum(len(b) for b in blobs) <= INLINE_DECODE_BYTES:
-            x = decode()  # small images: a thread hop costs more than decoding them here
-        else:
-            x = await asyncio.get_running_loop().run_in_executor(
-                state.decode_pool, decode
-            )  # [n, crop, crop, 3]
-    except BaseException:
-        served.batcher.withdraw()
-        raise
-    logits = await served.batcher.submit(x, timeout_s=settings.request_timeout_s, announced=True)  # [n, C]
-    adaptive = state.registry.adaptive(served.name)
-    if choice.kind == "adaptive":
-        pi = await adaptive.estimate()
-    elif choice.kind == "train":
-        pi = spec.train_prior
-    else:
-        pi = choice.weights  # None = uniform
-    adaptive.observe(logits)
-    probs = calibrated_probs(logits, temperature=t, prior=pi, class_bias=bias)  # [n, C] float64
-    return _response(served, probs, k, choice.kind, t)
-
-
-def _response(
-    served: ServedModel, probs: np.ndarray, k: int, prior: str, temperature: float
-) -> dict[str, Any]:
-    names = served.spec.class_names
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [n, k]
-    scores = np.take_along_axis(probs, order, axis=1).tolist()  # [n, k]
-    predictions = []
-    for idx, sc in zip(order.tolist(), scores, strict=True):
-        top = [{"label": names[c], "class_id": c, "score": s} for c, s in zip(idx, sc, strict=True)]
-        predictions.append({"label": names[idx[0]], "class_id": idx[0], "score": sc[0], "top_k": top})
-    return {
-        "model": served.name,
-        "version": served.version,
-        "provider": served.provider,
-        "calibration": {"prior": prior, "temperature": temperature},
-        "predictions": predictions,
-    }
 
 
 async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes], dict[str, Any]]:

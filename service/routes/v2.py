@@ -31,10 +31,9 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from rescom import __version__
-from rescom.calibration import calibrated_probs
 from service.auth import require_api_key
 from service.errors import BadRequest, NotFound, PayloadTooLarge, ServiceError
-from service.priors import parse_prior, parse_temperature, temperature_class_bias
+from service.inference import infer_pixels, parse_calibration
 from service.registry import ServedModel
 from service.responses import dumps, error_response, json_response
 from service.state import ServiceState, get_state
@@ -149,7 +148,11 @@ async def model_config(request: Request, name: str, version: str | None = None) 
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """KServe v2 inference; see the module docstring for inputs, outputs and parameters."""
     state = get_state(request)
-    served = state.registry.get(name, version)
+    with state.registry.lease(name, version) as served:  # before the body: kept until answered
+        return await _infer(request, state, served)
+
+
+async def _infer(request: Request, state: ServiceState, served: ServedModel) -> Response:
     body = _decompress(
         await request.body(), request.headers.get("content-encoding"), state.settings.max_body_bytes
     )
@@ -162,12 +165,12 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         raise BadRequest("parameters must be an object")
     timeout = _timeout(params, state)
 
-    logits = await served.batcher.submit(images, timeout_s=timeout)  # [n, C] float32
-    adaptive = state.registry.adaptive(served.name)
-    probs = None
+    calibration = None
     if any(name == "probabilities" for name, _, _ in wanted):
-        probs = await _probabilities(state, served, logits, params)
-    adaptive.observe(logits)
+        calibration = parse_calibration(state, served, params.get("prior"), params.get("temperature"))
+    logits, probs = await infer_pixels(state, served, images, calibration=calibration, timeout_s=timeout)
+    if probs is not None:
+        probs = probs.astype(np.float32)  # [n, C]
 
     outputs, blobs = [], []
     for out_name, binary_out, classes in wanted:
@@ -352,22 +355,6 @@ def _timeout(params: dict[str, Any], state: ServiceState) -> float:
         if 0 < us < timeout * 1e6:  # a request may shorten the deadline, never lengthen it
             timeout = us / 1e6
     return timeout
-
-
-async def _probabilities(
-    state: ServiceState, served: ServedModel, logits: np.ndarray, params: dict[str, Any]
-) -> np.ndarray:
-    spec = served.spec
-    choice = parse_prior(params.get("prior"), spec, state.settings.default_prior)
-    t = parse_temperature(params.get("temperature"), spec)
-    bias = temperature_class_bias(params.get("temperature"), spec)  # b [C] of BCTS, None = 0
-    if choice.kind == "adaptive":
-        pi = await state.registry.adaptive(served.name).estimate()
-    elif choice.kind == "train":
-        pi = spec.train_prior
-    else:
-        pi = choice.weights
-    return calibrated_probs(logits, temperature=t, prior=pi, class_bias=bias).astype(np.float32)  # [n, C]
 
 
 # ---------------------------------------------------------------------------------------------- encoding
