@@ -25,6 +25,7 @@ class ServiceState:
         registry: the served models.
         decode_pool: threads that decode and preprocess images off the event loop.
         draining: set on SIGTERM / shutdown; readiness then answers 503.
+        grpc_port: the port the KServe v2 gRPC server listens on (``None``: gRPC is off).
     """
 
     settings: Settings
@@ -32,6 +33,7 @@ class ServiceState:
     registry: ModelRegistry
     decode_pool: ThreadPoolExecutor
     draining: bool = False
+    grpc_port: int | None = None
 
     @property
     def ready(self) -> bool:

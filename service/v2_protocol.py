@@ -1,0 +1,164 @@
+"""Open Inference Protocol (KServe v2) operations, shared by the HTTP routes and the gRPC server.
+
+Each function answers one protocol call from the service state; the transports only translate
+(``service/routes/v2.py``, ``service/routes/health.py``, ``service/grpc_server.py``). :func:`infer` is the one
+place where a v2 request reaches the model: ``await batcher.submit(x)`` -> logits ``z`` -> ``softmax(z / T + b +
+log π)`` with the request's prior and temperature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rescom import __version__
+from rescom.calibration import calibrated_probs
+from service.errors import NotFound, ServiceError
+from service.priors import parse_prior, parse_temperature, temperature_class_bias
+from service.registry import ServedModel
+from service.state import ServiceState
+from service.v2_codec import (
+    OUTPUTS,
+    OutputTensor,
+    V2Request,
+    images_from,
+    output_tensors,
+    queue_timeout,
+    requested_outputs,
+)
+
+__all__ = [
+    "SERVER_NAME",
+    "EXTENSIONS",
+    "PLATFORM",
+    "server_metadata",
+    "not_ready_reason",
+    "model_metadata",
+    "model_ready",
+    "V2Result",
+    "lookup",
+    "infer",
+]
+
+SERVER_NAME = "rescom"
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "parameters",
+    "statistics",
+    "model_repository",
+]
+PLATFORM = "onnxruntime_onnx"
+
+
+def server_metadata() -> dict[str, Any]:
+    """``{"name", "version", "extensions"}`` (``$metadata_server_response``)."""
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def not_ready_reason(state: ServiceState) -> str | None:
+    """Why the server is not ready (draining, still loading, nothing loaded), or ``None`` when it is."""
+    if state.draining:
+        return "shutting down"
+    if not state.registry.initial_load_done:
+        return "loading and warming up models"
+    if not state.registry.ready:
+        return "no model could be loaded; see the server log and GET /v1/models"
+    return None
+
+
+def model_metadata(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
+    """``$metadata_model_response``: inputs and outputs with ``-1`` as the batch axis.
+
+    Raises:
+        NotFound / Unavailable / BadRequest: as :meth:`service.registry.ModelRegistry.get`.
+    """
+    served = state.registry.get(name, version)
+    spec = served.spec
+    c = spec.num_classes
+    return {
+        "name": served.name,
+        "versions": [str(served.version)],
+        "platform": PLATFORM,
+        "inputs": [{"name": spec.input.name, "datatype": "UINT8", "shape": [-1, *spec.image_shape]}],
+        "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, c]} for o in OUTPUTS],
+    }
+
+
+def model_ready(state: ServiceState, name: str, version: str | None) -> str | None:
+    """Why the model (version) cannot take requests now, or ``None`` when it is ready.
+
+    Raises:
+        NotFound: unknown model or version (the caller answers 404 / ``NOT_FOUND``).
+    """
+    try:
+        state.registry.get(name, version)
+    except NotFound:
+        raise
+    except ServiceError as err:
+        return err.message
+    if state.draining:
+        return "the server is shutting down"
+    return None
+
+
+@dataclass
+class V2Result:
+    """The model version that answered and the output tensors."""
+
+    served: ServedModel
+    outputs: list[OutputTensor]
+
+
+def lookup(state: ServiceState, name: str, version: str | None) -> ServedModel:
+    """The model version that answers an inference request (``version=None``: the registry's choice).
+
+    Raises:
+        NotFound / Unavailable / BadRequest: as :meth:`service.registry.ModelRegistry.get`.
+    """
+    return state.registry.get(name, version)
+
+
+async def infer(
+    state: ServiceState, served: ServedModel, request: V2Request, default_binary: bool
+) -> V2Result:
+    """Run one v2 inference request through the model's batcher and the calibration.
+
+    Args:
+        state: the service state.
+        served: the model version from :func:`lookup`; it answers the whole request.
+        request: the decoded request.
+        default_binary: encode outputs as raw bytes unless an output says otherwise.
+
+    Raises:
+        ServiceError: any client error (400/404/413) or an overload / deadline (503/504).
+    """
+    images = images_from(request, served, state.settings.max_images_per_request)  # [n, H, W, 3]
+    wanted = requested_outputs(request, default_binary)
+    timeout = queue_timeout(request.parameters, state.settings.request_timeout_s)
+    logits = await served.batcher.submit(images, timeout_s=timeout)  # [n, C] float32
+    tensors = {"logits": logits}
+    if any(w.name == "probabilities" for w in wanted):
+        tensors["probabilities"] = await _probabilities(state, served, logits, request.parameters)
+    state.registry.adaptive(served.name).observe(logits)
+    return V2Result(served, output_tensors(wanted, tensors, served.spec.class_names))
+
+
+async def _probabilities(
+    state: ServiceState, served: ServedModel, logits: np.ndarray, params: dict[str, Any]
+) -> np.ndarray:
+    """``softmax(z / T + b + log π)`` ``[n, C]`` with π, T and b chosen by the request's parameters."""
+    spec = served.spec
+    choice = parse_prior(params.get("prior"), spec, state.settings.default_prior)
+    t = parse_temperature(params.get("temperature"), spec)
+    bias = temperature_class_bias(params.get("temperature"), spec)  # b [C] of BCTS, None = 0
+    if choice.kind == "adaptive":
+        pi = await state.registry.adaptive(served.name).estimate()
+    elif choice.kind == "train":
+        pi = spec.train_prior
+    else:
+        pi = choice.weights
+    return calibrated_probs(logits, temperature=t, prior=pi, class_bias=bias).astype(np.float32)  # [n, C]
