@@ -23,7 +23,7 @@ from service.handlers import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import demo, health, metrics, models, predict, v2
+from service.routes import demo, health, metrics, models, predict, triton, v2
 from service.state import ServiceState
 
 __all__ = ["create_app", "begin_drain", "configure_logging"]
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, *, fast_path: bool = True) -> F
     app = FastAPI(
         title="ResCom inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan
     )
-    for module in (health, predict, v2, models, metrics, demo):
+    for module in (health, predict, triton, v2, models, metrics, demo):  # triton before v2: /v2/models/stats
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)

@@ -8,6 +8,7 @@ log π)`` with the request's prior and temperature.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,15 +137,22 @@ async def infer(
     Raises:
         ServiceError: any client error (400/404/413) or an overload / deadline (503/504).
     """
-    images = images_from(request, served, state.settings.max_images_per_request)  # [n, H, W, 3]
-    wanted = requested_outputs(request, default_binary)
-    timeout = queue_timeout(request.parameters, state.settings.request_timeout_s)
-    logits = await served.batcher.submit(images, timeout_s=timeout)  # [n, C] float32
-    tensors = {"logits": logits}
-    if any(w.name == "probabilities" for w in wanted):
-        tensors["probabilities"] = await _probabilities(state, served, logits, request.parameters)
-    state.registry.adaptive(served.name).observe(logits)
-    return V2Result(served, output_tensors(wanted, tensors, served.spec.class_names))
+    started = time.perf_counter_ns()
+    ok = False
+    try:
+        images = images_from(request, served, state.settings.max_images_per_request)  # [n, H, W, 3]
+        wanted = requested_outputs(request, default_binary)
+        timeout = queue_timeout(request.parameters, state.settings.request_timeout_s)
+        logits = await served.batcher.submit(images, timeout_s=timeout)  # [n, C] float32
+        tensors = {"logits": logits}
+        if any(w.name == "probabilities" for w in wanted):
+            tensors["probabilities"] = await _probabilities(state, served, logits, request.parameters)
+        state.registry.adaptive(served.name).observe(logits)
+        result = V2Result(served, output_tensors(wanted, tensors, served.spec.class_names))
+        ok = True
+        return result
+    finally:
+        state.request_stats.record(served.name, served.version, started, ok)
 
 
 async def _probabilities(
