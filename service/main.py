@@ -23,7 +23,7 @@ from service.handlers import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import demo, health, metrics, models, predict, triton, v2
+from service.routes import demo, docs, health, metrics, models, predict, triton, v2
 from service.state import ServiceState
 
 __all__ = ["create_app", "begin_drain", "configure_logging"]
@@ -99,9 +99,14 @@ def create_app(settings: Settings | None = None, *, fast_path: bool = True) -> F
             log.info("shutdown complete")
 
     app = FastAPI(
-        title="ResCom inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="ResCom inference service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service.routes.docs, with assets that ship with the service
+        redoc_url=None,
     )
-    for module in (health, predict, triton, v2, models, metrics, demo):  # triton before v2: /v2/models/stats
+    for module in (health, predict, triton, v2, models, metrics, demo, docs):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)

@@ -119,7 +119,7 @@ def test_model_control_needs_the_setting_and_auth(tmp_path, allow, key):
     with running_server(s) as url:
         for action in ("load", "unload"):
             r = httpx.post(f"{url}/v2/repository/models/tiny/{action}", headers=headers)
-            assert r.status_code == 403 and "RESCOM_ALLOW_MODEL_CONTROL" in r.json()["error"]
+            assert r.status_code == 400 and "RESCOM_ALLOW_MODEL_CONTROL" in r.json()["error"]
         assert httpx.get(url + "/v2/models/tiny/ready", headers=headers).status_code == 200
         index = httpx.post(url + "/v2/repository/index", headers=headers)
         assert index.status_code == 200 and index.json()[0]["state"] == "READY"  # the index stays readable

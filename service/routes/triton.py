@@ -6,7 +6,7 @@
   folder of every model, ``{"name", "version", "state": "READY" | "UNAVAILABLE", "reason"}``
   (``get_model_repository_index``). Read-only.
 - ``POST /v2/repository/models/{name}/load`` / ``.../unload`` (``load_model`` / ``unload_model``): refused
-  (403) unless ``RESCOM_ALLOW_MODEL_CONTROL=true`` **and** an API key is set; unload drains the model's queue
+  (400, as Triton refuses them outside its explicit model control mode) unless ``RESCOM_ALLOW_MODEL_CONTROL=true`` **and** an API key is set; unload drains the model's queue
   and keeps it unloaded (polling leaves it alone) until a load.
 
 All need the API key when one is set, like the rest of ``/v2``.
@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from service.auth import require_api_key
-from service.errors import BadRequest, ServiceError
+from service.errors import BadRequest
 from service.repository import list_versions
 from service.responses import json_response
 from service.state import ServiceState, get_state
@@ -31,12 +31,6 @@ from service.triton_stats import model_statistics
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v2", tags=["triton-extensions"], dependencies=[Depends(require_api_key)])
-
-
-class Forbidden(ServiceError):
-    """The server does not allow this operation (403)."""
-
-    status_code = 403
 
 
 @router.get("/models/stats", summary="Statistics of every served model (Triton)")
@@ -84,7 +78,7 @@ def _ready_flag(body: bytes) -> bool:
         return False
     try:
         req = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest('the repository index request must be JSON, e.g. {} or {"ready": true}') from None
     ready = req.get("ready", False) if isinstance(req, dict) else None
     if not isinstance(ready, bool):
@@ -116,6 +110,6 @@ def _index(state: ServiceState) -> list[dict[str, Any]]:
 def _check_control(state: ServiceState) -> None:
     s = state.settings
     if not s.allow_model_control or s.api_key is None:
-        raise Forbidden(
+        raise BadRequest(  # 400, as Triton answers load/unload when its model control mode does not allow them
             "model control is off: load/unload need RESCOM_ALLOW_MODEL_CONTROL=true and RESCOM_API_KEY set"
         )
