@@ -36,9 +36,10 @@ $(KSERVE_VENV)/.installed: requirements/kserve-client.txt
 
 kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python client in its own venv .venv-kserve (the tests use it)
 
-grpc-descriptors: kserve-client  ## regenerate service/protocols/grpc_predict_v2.desc from the vendored .proto
+grpc-descriptors: setup kserve-client  ## regenerate the gRPC descriptor sets in service/protocols/
 	$(KSERVE_VENV)/bin/python -m grpc_tools.protoc -Iservice/protocols \
 		--descriptor_set_out=service/protocols/grpc_predict_v2.desc grpc_predict_v2.proto
+	$(BIN)/python scripts/triton_descriptors.py
 
 setup-serve: $(SERVE_BIN)/.installed  ## create .venv-serve with the service only (no torch)
 

@@ -1,5 +1,11 @@
 """KServe v2 over gRPC (``inference.GRPCInferenceService``), off unless ``RESCOM_GRPC_PORT`` is set.
 
+The six RPCs of ``grpc_predict_v2.proto``, plus Triton's ``ModelConfig``, ``ModelStatistics``,
+``RepositoryIndex`` and ``RepositoryModelLoad`` / ``Unload`` (``tritonclient.grpc``'s ``get_model_config``,
+``get_inference_statistics``, ``get_model_repository_index``, ``load_model`` / ``unload_model``), answered from
+the same shared code as their HTTP routes. Other Triton RPCs (streaming, shared memory, trace and log settings)
+answer ``UNIMPLEMENTED``.
+
 It runs in the HTTP app's event loop (started and stopped by the app's lifespan) and shares everything with
 the HTTP service: the registry, batchers and calibration (:mod:`service.v2_protocol`), the API key, the limits
 (``max_body_bytes`` as the largest message, ``max_images_per_request``, the queue and its deadline), the metrics
@@ -29,8 +35,10 @@ from service import v2_protocol
 from service.auth import verify_bearer
 from service.errors import ServiceError
 from service.grpc_codec import request_from_proto, response_to_proto, uses_raw_inputs
-from service.grpc_messages import SERVICE, message_class
+from service.grpc_messages import SERVICE, TRITON_METHODS, message_class, triton_message_class
 from service.state import ServiceState
+from service.triton_repository import check_model_control, repository_index
+from service.triton_stats import model_statistics
 
 __all__ = ["V2Servicer", "start_grpc_server", "stop_grpc_server"]
 
@@ -88,6 +96,44 @@ class V2Servicer:
         return response_to_proto(result.served.name, result.served.version, v2_request.id, result.outputs)
 
 
+class TritonExtensionServicer:
+    """Triton's extension RPCs (messages from ``triton_grpc_service.desc``)."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    async def ModelConfig(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802
+        """The model as Triton's ``ModelConfig`` (the same as ``GET /v2/models/NAME/config``)."""
+        config = v2_protocol.model_config(self.state, request.name, request.version or None)
+        return json_format.ParseDict({"config": config}, triton_message_class("ModelConfigResponse")())
+
+    async def ModelStatistics(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802
+        """Triton statistics of the served version of each model (or of the one named)."""
+        registry = self.state.registry
+        served = [registry.get(request.name, request.version or None)] if request.name else registry.served()
+        stats = [model_statistics(m, self.state.request_stats, self.state.metrics.registry) for m in served]
+        return json_format.ParseDict(
+            {"model_stats": stats}, triton_message_class("ModelStatisticsResponse")()
+        )
+
+    async def RepositoryIndex(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802
+        """Every version folder of every model with its state (read-only)."""
+        entries = await repository_index(self.state, request.ready)
+        return json_format.ParseDict({"models": entries}, triton_message_class("RepositoryIndexResponse")())
+
+    async def RepositoryModelLoad(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802
+        """Load (again) a model; only with model control on and an API key."""
+        check_model_control(self.state)
+        await self.state.registry.load(request.model_name)
+        return triton_message_class("RepositoryModelLoadResponse")()
+
+    async def RepositoryModelUnload(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802
+        """Unload a model; only with model control on and an API key."""
+        check_model_control(self.state)
+        await self.state.registry.unload(request.model_name)
+        return triton_message_class("RepositoryModelUnloadResponse")()
+
+
 def _wrap(state: ServiceState, method: str, handler: Callable[..., Awaitable[Message]]) -> Callable[..., Any]:
     """Auth, error mapping and request metrics around one RPC."""
     route = f"/{SERVICE.full_name}/{method}"
@@ -118,14 +164,17 @@ def _wrap(state: ServiceState, method: str, handler: Callable[..., Awaitable[Mes
 
 
 def _generic_handler(state: ServiceState) -> grpc.GenericRpcHandler:
-    servicer = V2Servicer(state)
     handlers = {}
-    for method in SERVICE.methods:
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _wrap(state, method.name, getattr(servicer, method.name)),
-            request_deserializer=message_class(method.input_type.name).FromString,
-            response_serializer=message_class(method.output_type.name).SerializeToString,
-        )
+    for servicer, methods, classes in (
+        (V2Servicer(state), SERVICE.methods, message_class),
+        (TritonExtensionServicer(state), TRITON_METHODS, triton_message_class),
+    ):
+        for method in methods:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _wrap(state, method.name, getattr(servicer, method.name)),
+                request_deserializer=classes(method.input_type.name).FromString,
+                response_serializer=classes(method.output_type.name).SerializeToString,
+            )
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
 
 

@@ -8,6 +8,7 @@ log π)`` with the request's prior and temperature.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "server_metadata",
     "not_ready_reason",
     "model_metadata",
+    "model_config",
     "model_ready",
     "V2Result",
     "lookup",
@@ -86,6 +88,62 @@ def model_metadata(state: ServiceState, name: str, version: str | None) -> dict[
         "platform": PLATFORM,
         "inputs": [{"name": spec.input.name, "datatype": "UINT8", "shape": [-1, *spec.image_shape]}],
         "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, c]} for o in OUTPUTS],
+    }
+
+
+def model_config(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
+    """The model as Triton's ``ModelConfig`` JSON (dims without the batch axis; ``max_batch_size`` > 0).
+
+    Raises:
+        NotFound / Unavailable / BadRequest: as :meth:`service.registry.ModelRegistry.get`.
+    """
+    served = state.registry.get(name, version)
+    spec, runtime, s = served.spec, served.runtime, state.settings
+    c = spec.num_classes
+    return {
+        "name": served.name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": runtime.max_batch_size,
+        "input": [
+            {
+                "name": spec.input.name,
+                "data_type": "TYPE_UINT8",
+                "format": "FORMAT_NHWC",
+                "dims": list(spec.image_shape),
+            }
+        ],
+        "output": [
+            {"name": o, "data_type": "TYPE_FP32", "dims": [c], "label_filename": "labels.txt"}
+            for o in OUTPUTS
+        ],
+        "dynamic_batching": {
+            "preferred_batch_size": list(runtime.buckets),
+            "max_queue_delay_microseconds": int(s.max_queue_delay_ms * 1000),
+            "default_queue_policy": {
+                "max_queue_size": s.max_queue_size,
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": int(s.request_timeout_s * 1e6),
+                "allow_timeout_override": True,
+            },
+        },
+        "instance_group": [
+            {
+                "count": served.batcher.workers,
+                "kind": "KIND_CPU" if served.provider == "CPUExecutionProvider" else "KIND_GPU",
+            }
+        ],
+        "parameters": {
+            "provider": {"string_value": served.provider},
+            "intra_op_thread_count": {"string_value": str(runtime.intra_op_threads)},
+            "temperature": {"string_value": repr(spec.fitted_temperature)},
+            "default_prior": {"string_value": spec.default_prior},
+            "class_names": {"string_value": json.dumps(list(spec.class_names))},
+            "class_counts": {"string_value": json.dumps(list(spec.class_counts))},
+            "resize": {"string_value": str(spec.resize)},
+            "crop": {"string_value": str(spec.crop)},
+        },
     }
 
 

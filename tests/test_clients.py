@@ -127,6 +127,8 @@ def test_tritonclient_grpc(server, digits, predict_labels):
         assert client.is_model_ready(MODEL, version, headers=auth())
         meta = client.get_model_metadata(MODEL, version, headers=auth(), as_json=True)
         assert meta["inputs"][0]["shape"] == ["-1", "32", "32", "3"] and meta["versions"] == ["1"]
+        config = client.get_model_config(MODEL, version, headers=auth(), as_json=True)["config"]
+        assert config["input"][0]["data_type"] == "TYPE_UINT8" and int(config["max_batch_size"]) >= 1
         labels = []
         for start in range(0, len(digits), BATCH):
             x = digits[start : start + BATCH]

@@ -7,11 +7,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from google.protobuf import json_format
 from service_fixtures import free_port, random_images, running_server, write_version
 from tritonclient.utils import InferenceServerException
 
 from service.config import Settings
+from service.grpc_messages import triton_message_class
 
 pytestmark = pytest.mark.timeout(120)
 KEY = "triton-ext-key"
@@ -102,6 +105,44 @@ def test_unload_and_load(triton):
     infer(client, "other", random_images(2))
     with pytest.raises(InferenceServerException):
         client.load_model("missing", headers=dict(AUTH))
+
+
+def test_the_same_over_grpc(tmp_path):
+    """tritonclient.grpc's config, statistics, index and model control answer what the HTTP routes answer."""
+    make_repo(tmp_path)
+    s = Settings(
+        model_repository=tmp_path,
+        port=free_port(),
+        grpc_port=free_port(),
+        poll_interval_s=0,
+        log_level="warning",
+        api_key=KEY,
+        allow_model_control=True,
+    )
+    with running_server(s) as url:
+        http = httpclient.InferenceServerClient(url.removeprefix("http://"), network_timeout=30)
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{s.grpc_port}")
+        meta = {"authorization": f"Bearer {KEY}"}
+        infer(http, "tiny", random_images(3))
+        config = grpc.get_model_config("tiny", "2", headers=dict(meta), as_json=True)["config"]
+        as_message = triton_message_class("ModelConfig")
+        expected = json_format.ParseDict(http.get_model_config("tiny", "2", headers=dict(AUTH)), as_message())
+        assert json_format.ParseDict(config, as_message()) == expected and config["name"] == "tiny"
+        g_stats = grpc.get_inference_statistics("tiny", headers=dict(meta), as_json=True)["model_stats"][0]
+        h_stats = http.get_inference_statistics("tiny", headers=dict(AUTH))["model_stats"][0]
+        assert int(g_stats["inference_count"]) == h_stats["inference_count"] == 3
+        assert int(g_stats["inference_stats"]["success"]["count"]) == 1
+        g_index = grpc.get_model_repository_index(headers=dict(meta), as_json=True)["models"]
+        h_index = http.get_model_repository_index(headers=dict(AUTH))
+        assert [(e["name"], e["version"], e["state"]) for e in g_index] == [
+            (e["name"], e["version"], e["state"]) for e in h_index
+        ]
+        grpc.unload_model("other", headers=dict(meta))
+        assert not grpc.is_model_ready("other", headers=dict(meta))
+        grpc.load_model("other", headers=dict(meta))
+        assert grpc.is_model_ready("other", headers=dict(meta))
+        http.close()
+        grpc.close()
 
 
 @pytest.mark.parametrize("allow, key", [(False, KEY), (True, None)])

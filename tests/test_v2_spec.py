@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from service_fixtures import free_port, random_images, running_server, write_ver
 from starlette.testclient import TestClient
 
 from service.config import Settings
-from service.grpc_messages import DESCRIPTOR_FILE, PROTO_FILE, SERVICE, message_class
+from service.grpc_messages import DESCRIPTOR_FILE, PROTO_FILE, SERVICE, TRITON_DESCRIPTOR_FILE, message_class
 from service.main import create_app
 
 pytestmark = pytest.mark.timeout(120)
@@ -149,3 +150,13 @@ def test_vendored_descriptor_set_is_the_vendored_proto(tmp_path):
         check=True,
     )  # fmt: skip
     assert out.read_bytes() == DESCRIPTOR_FILE.read_bytes()
+
+
+def test_vendored_triton_descriptor_set_is_tritonclients(tmp_path):
+    """``scripts/triton_descriptors.py`` (from the installed tritonclient) gives the committed file."""
+    pytest.importorskip("tritonclient.grpc")
+    out = tmp_path / "triton.desc"
+    script = ROOT / "scripts" / "triton_descriptors.py"
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == TRITON_DESCRIPTOR_FILE.read_bytes()

@@ -14,18 +14,16 @@ All need the API key when one is set, like the rest of ``/v2``.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from service.auth import require_api_key
 from service.errors import BadRequest
-from service.repository import list_versions
 from service.responses import json_response
-from service.state import ServiceState, get_state
+from service.state import get_state
+from service.triton_repository import check_model_control, repository_index
 from service.triton_stats import model_statistics
 
 __all__ = ["router"]
@@ -45,21 +43,18 @@ async def statistics(request: Request, name: str | None = None, version: str | N
 
 
 @router.post("/repository/index", summary="Model repository index (Triton)")
-async def repository_index(request: Request) -> Response:
+async def index(request: Request) -> Response:
     """Every version folder of every model with its state; ``{"ready": true}`` keeps only the ready ones."""
     state = get_state(request)
     ready_only = _ready_flag(await request.body())
-    entries = await asyncio.to_thread(_index, state)
-    if ready_only:
-        entries = [e for e in entries if e["state"] == "READY"]
-    return json_response(entries)
+    return json_response(await repository_index(state, ready_only))
 
 
 @router.post("/repository/models/{name}/load", summary="Load a model (Triton; needs model control)")
 async def load(request: Request, name: str) -> Response:
     """Serve the newest loadable version of ``name`` (again); 200 with an empty body, as Triton answers."""
     state = get_state(request)
-    _check_control(state)
+    check_model_control(state)
     await state.registry.load(name)
     return Response(status_code=200)
 
@@ -68,7 +63,7 @@ async def load(request: Request, name: str) -> Response:
 async def unload(request: Request, name: str) -> Response:
     """Stop serving ``name``; what is queued for it still finishes."""
     state = get_state(request)
-    _check_control(state)
+    check_model_control(state)
     await state.registry.unload(name)
     return Response(status_code=200)
 
@@ -84,32 +79,3 @@ def _ready_flag(body: bytes) -> bool:
     if not isinstance(ready, bool):
         raise BadRequest('"ready" must be true or false')
     return ready
-
-
-def _index(state: ServiceState) -> list[dict[str, Any]]:
-    registry = state.registry
-    served = {m.name: m.version for m in registry.served()}
-    entries = []
-    for name in registry.known():
-        refused = set(registry.refused_versions(name))
-        for version in list_versions(registry.repository, name):
-            if served.get(name) == version and not state.draining:
-                status, reason = "READY", ""
-            elif served.get(name) == version:
-                status, reason = "UNAVAILABLE", "the server is shutting down"
-            elif version in refused:
-                status, reason = "UNAVAILABLE", "failed to load; see the server log"
-            elif name in served:
-                status, reason = "UNAVAILABLE", f"not served: version {served[name]} is"
-            else:
-                status, reason = "UNAVAILABLE", "not loaded"
-            entries.append({"name": name, "version": str(version), "state": status, "reason": reason})
-    return entries
-
-
-def _check_control(state: ServiceState) -> None:
-    s = state.settings
-    if not s.allow_model_control or s.api_key is None:
-        raise BadRequest(  # 400, as Triton answers load/unload when its model control mode does not allow them
-            "model control is off: load/unload need RESCOM_ALLOW_MODEL_CONTROL=true and RESCOM_API_KEY set"
-        )

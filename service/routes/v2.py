@@ -20,7 +20,6 @@ Enough of it for the stock ``tritonclient[http]`` client (docs/serving.md §1.9-
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -31,7 +30,7 @@ from service.auth import require_api_key
 from service.errors import NotFound
 from service.responses import dumps, json_response
 from service.state import get_state
-from service.v2_codec import OUTPUTS, decompress, json_output, parse_json_request, split_binary
+from service.v2_codec import decompress, json_output, parse_json_request, split_binary
 
 __all__ = ["router"]
 
@@ -70,57 +69,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/models/{name}/versions/{version}/config", summary="Model configuration (version)")
 async def model_config(request: Request, name: str, version: str | None = None) -> Response:
     """The model as a Triton ``ModelConfig`` (dims without the batch axis; ``max_batch_size`` > 0)."""
-    state = get_state(request)
-    served = state.registry.get(name, version)
-    spec, runtime, s = served.spec, served.runtime, state.settings
-    c = spec.num_classes
-    return json_response(
-        {
-            "name": served.name,
-            "platform": "onnxruntime_onnx",
-            "backend": "onnxruntime",
-            "version_policy": {"latest": {"num_versions": 1}},
-            "max_batch_size": runtime.max_batch_size,
-            "input": [
-                {
-                    "name": spec.input.name,
-                    "data_type": "TYPE_UINT8",
-                    "format": "FORMAT_NHWC",
-                    "dims": list(spec.image_shape),
-                }
-            ],
-            "output": [
-                {"name": o, "data_type": "TYPE_FP32", "dims": [c], "label_filename": "labels.txt"}
-                for o in OUTPUTS
-            ],
-            "dynamic_batching": {
-                "preferred_batch_size": list(runtime.buckets),
-                "max_queue_delay_microseconds": int(s.max_queue_delay_ms * 1000),
-                "default_queue_policy": {
-                    "max_queue_size": s.max_queue_size,
-                    "timeout_action": "REJECT",
-                    "default_timeout_microseconds": int(s.request_timeout_s * 1e6),
-                    "allow_timeout_override": True,
-                },
-            },
-            "instance_group": [
-                {
-                    "count": served.batcher.workers,
-                    "kind": "KIND_CPU" if served.provider == "CPUExecutionProvider" else "KIND_GPU",
-                }
-            ],
-            "parameters": {
-                "provider": {"string_value": served.provider},
-                "intra_op_thread_count": {"string_value": str(runtime.intra_op_threads)},
-                "temperature": {"string_value": repr(spec.fitted_temperature)},
-                "default_prior": {"string_value": spec.default_prior},
-                "class_names": {"string_value": json.dumps(list(spec.class_names))},
-                "class_counts": {"string_value": json.dumps(list(spec.class_counts))},
-                "resize": {"string_value": str(spec.resize)},
-                "crop": {"string_value": str(spec.crop)},
-            },
-        }
-    )
+    return json_response(v2_protocol.model_config(get_state(request), name, version))
 
 
 @router.post("/models/{name}/infer", summary="Inference")
