@@ -133,11 +133,15 @@ def images_from(request: V2Request, served: ServedModel, max_images: int) -> np.
     if inp.raw is not None:
         if len(inp.raw) != count:
             raise BadRequest(
-                f"the input carries {len(inp.raw)} bytes; a UINT8 tensor of shape {shape} needs {count}"
+                f"binary_data_size / raw contents is {len(inp.raw)} bytes; a UINT8 tensor of shape {shape} "
+                f"needs {count} bytes"
             )
         return np.frombuffer(inp.raw, dtype=np.uint8).reshape(shape)  # [n, H, W, 3]
     if inp.data is None:
-        raise BadRequest(f"input {spec.input.name!r} carries no data")
+        raise BadRequest(
+            f"input {spec.input.name!r} has neither 'data' nor parameters.binary_data_size (gRPC: neither "
+            "contents nor raw_input_contents)"
+        )
     try:
         arr = np.asarray(inp.data)
     except (ValueError, TypeError):
@@ -305,6 +309,12 @@ def parse_json_request(header: bytes, binary: memoryview) -> V2Request:
     outputs = req.get("outputs")
     if outputs is not None and not isinstance(outputs, list):
         raise BadRequest('outputs must be a non-empty list of {"name": ...} objects')
+    if len(binary) and not any(
+        isinstance(i.get("parameters"), dict) and "binary_data_size" in i["parameters"] for i in inputs
+    ):
+        raise BadRequest(
+            f"the body carries {len(binary)} bytes of binary data but no input has binary_data_size"
+        )
     tensors, offset = [], 0
     for inp in inputs:
         tensor, offset = _json_input(inp, binary, offset)
@@ -324,10 +334,10 @@ def _json_input(inp: dict[str, Any], binary: memoryview, offset: int) -> tuple[I
     if "binary_data_size" not in params:
         return tensor, offset
     size = params["binary_data_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
-        raise BadRequest(
-            f"binary_data_size is {size!r}; the body carries {len(binary) - offset} more bytes of binary data"
-        )
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest(f"binary_data_size must be a non-negative integer (bytes), got {size!r}")
+    if offset + size > len(binary):
+        raise BadRequest(f"the body carries {len(binary)} bytes of binary data; binary_data_size says {size}")
     tensor.raw = binary[offset : offset + size]
     return tensor, offset + size
 

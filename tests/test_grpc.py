@@ -218,7 +218,8 @@ def test_shutdown_drains_running_calls_and_reports_not_ready(tmp_path):
     with running_server(s, app):
         worker = threading.Thread(target=lambda: results.append(call(s.grpc_port, "ModelInfer", request)))
         worker.start()
-        time.sleep(0.3)  # the call is running when the shutdown starts
+        time.sleep(0.3)
+        assert worker.is_alive()  # the call is still running when the shutdown starts
         begin_drain(app)  # what SIGTERM does first
         assert not call(s.grpc_port, "ServerReady").ready
         assert not call(s.grpc_port, "ModelReady", name="slow").ready
