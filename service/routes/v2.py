@@ -1,8 +1,11 @@
 """KServe Open Inference Protocol v2 (REST) with Triton's binary-tensor and classification extensions.
 
-Enough of it for the stock ``tritonclient[http]`` client (docs/serving.md §1.9-1.10):
+Enough of it for the stock ``tritonclient[http]`` client and KServe's ``InferenceRESTClient`` (docs/protocols.md).
+The route only translates HTTP: decoding and encoding are :mod:`service.v2_codec`'s, the calls themselves
+:mod:`service.v2_protocol`'s, shared with the gRPC server (``service/grpc_server.py``).
 
-- ``GET /v2``; ``GET /v2/models/{name}[/versions/{v}]`` (metadata), ``.../ready``, ``.../config`` (Triton JSON).
+- ``GET /v2``; ``GET /v2/models/{name}[/versions/{v}]`` (metadata), ``.../ready`` (``{"name", "ready"}``),
+  ``.../config`` (Triton JSON).
 - ``POST /v2/models/{name}[/versions/{v}]/infer``: the body is read raw (the client sends no Content-Type).
   Input ``images`` ``UINT8 [n, H, W, 3]``, already preprocessed (decoded, resized, centre-cropped), as JSON
   ``data`` or as binary data after the JSON header (``Inference-Header-Content-Length``). It goes straight to the
