@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 
 from service import v2_protocol
 from service.auth import verify_bearer
-from service.errors import ServiceError
+from service.errors import ServiceError, Unauthorized
 from service.grpc_codec import request_from_proto, response_to_proto, uses_raw_inputs
 from service.grpc_messages import SERVICE, TRITON_METHODS, message_class, triton_message_class
 from service.state import ServiceState
@@ -151,7 +151,10 @@ def _wrap(state: ServiceState, method: str, handler: Callable[..., Awaitable[Mes
             code = _STATUS.get(err.status_code, grpc.StatusCode.INTERNAL)
             if code is grpc.StatusCode.INTERNAL:
                 log.error("%s -> %d: %s", route, err.status_code, err.message)
-            await context.abort(code, err.message)
+            message = err.message
+            if isinstance(err, Unauthorized):
+                message += " (over gRPC: the metadata 'authorization: Bearer <RESCOM_API_KEY>')"
+            await context.abort(code, message)
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", route)

@@ -149,6 +149,7 @@ def test_auth_is_the_http_api_key(server):
         with pytest.raises(grpc.RpcError) as err:
             call(port, "ModelInfer", infer_request(x, raw=True), metadata)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "authorization: Bearer" in err.value.details()
         with pytest.raises(grpc.RpcError):
             call(port, "ModelMetadata", metadata=metadata, name="tiny")
     assert call(port, "ServerLive").live and call(port, "ServerReady").ready  # probes stay open, as over HTTP
