@@ -2,13 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
+KSERVE_VENV ?= .venv-kserve
 BIN := $(VENV)/bin
 SERVE_BIN := $(SERVE_VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-serve serve test lint format train-digits export-digits bundle-model gpu-check bench-train bench-serve bench-serving evaluate-digits clean
+.PHONY: help setup setup-serve kserve-client grpc-descriptors serve test lint format train-digits export-digits bundle-model gpu-check bench-train bench-serve bench-serving evaluate-digits clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -27,12 +28,25 @@ $(SERVE_BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed  ## create .venv with everything (train, export, serve, dev tools)
 
+$(KSERVE_VENV)/.installed: requirements/kserve-client.txt
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install -q -r requirements/kserve-client.txt
+	touch $@
+
+kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python client in its own venv .venv-kserve (the tests use it)
+
+grpc-descriptors: setup kserve-client  ## regenerate the gRPC descriptor sets in service/protocols/
+	$(KSERVE_VENV)/bin/python -m grpc_tools.protoc -Iservice/protocols \
+		--descriptor_set_out=service/protocols/grpc_predict_v2.desc grpc_predict_v2.proto
+	$(BIN)/python scripts/triton_descriptors.py
+
 setup-serve: $(SERVE_BIN)/.installed  ## create .venv-serve with the service only (no torch)
 
 serve: setup-serve  ## run the API on the bundled default model (models/digits_lt) at http://$(HOST):$(PORT)
 	$(SERVE_BIN)/python -m service --model-repository models --host $(HOST) --port $(PORT)
 
-test: setup  ## run the test suite
+test: setup kserve-client  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup  ## ruff lint + format check

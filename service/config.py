@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 inside a container)")
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="also serve KServe v2 over gRPC on this port (same host; 0 = any free port); unset = off",
+    )
+    allow_model_control: bool = Field(
+        False,
+        description="allow Triton's repository load/unload calls (POST /v2/repository/models/NAME/load|unload); "
+        "refused unless an API key is set too",
+    )
 
     # --- dynamic batching
     max_batch_size: int = Field(
