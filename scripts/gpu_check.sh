@@ -86,11 +86,11 @@ build_commands() {
   SYN=(scripts/make_synthetic_folder.py --out "$OUT/synthetic" --classes 10 --max-per-class "$SYN_N"
     --imbalance-factor 10 --eval-per-class "$SYN_EVAL" --size "$SYN_SIZE")
   TRAIN_R50=(training/train.py --config training/configs/imagenet_lt.yaml --device "$DEV" --epochs 1
-    --batch-size "$BS" --workers "$WORKERS" --no-progress --output-dir "$OUT/run_r50" data.name=imagefolder
+    --batch-size "$BS" --lr 0.01 --workers "$WORKERS" --no-progress --output-dir "$OUT/run_r50" data.name=imagefolder
     "data.dir=$OUT/synthetic" "data.kwargs={resize: $RESIZE, crop: $CROP}" "train.amp=$TRAIN_AMP"
     train.channels_last=true optim.warmup_epochs=0 loss.num_negatives=64 "eval.batch_size=$BS")
   EXPORT=(export/to_onnx.py --checkpoint "$OUT/run_r50/best.pt" --model-repository "$OUT/models" --name resnet50
-    --version 1 --force --max-batch-size "$MAXB")
+    --version 1 --force --max-batch-size "$MAXB" --calibration temperature)
   PLACE_CUDA=(scripts/ort_placement.py --model-dir "$OUT/models/resnet50/1" --providers "$PROVIDERS"
     --batch "$MAXB" --json "$OUT/placement_cuda.json")
   SERVE_CUDA=(benchmarks/serve_load.py --model-repository "$OUT/models" --model resnet50 --providers "$PROVIDERS"

@@ -29,6 +29,9 @@ __all__ = ["BoundRunner", "PinnedAllocator"]
 log = logging.getLogger("rescom.service.iobinding")
 
 CUDART_SONAMES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so")
+CUDA_HOST_ALLOC_PORTABLE = (
+    1  # pinned for every CUDA context, not only the allocating one (RESCOM_DEVICE_ID > 0)
+)
 
 
 def _load_cudart() -> ctypes.CDLL | None:
@@ -73,7 +76,7 @@ class PinnedAllocator:
         if self._cudart is None or nbytes == 0:
             return np.empty(shape, dtype=dtype)
         ptr = ctypes.c_void_p()
-        status = self._cudart.cudaHostAlloc(ctypes.byref(ptr), nbytes, 0)
+        status = self._cudart.cudaHostAlloc(ctypes.byref(ptr), nbytes, CUDA_HOST_ALLOC_PORTABLE)
         if status != 0 or not ptr.value:
             self.pinned, self.reason = False, f"cudaHostAlloc failed with CUDA error {status}"
             log.warning("pinned host memory unavailable (%s); using pageable memory", self.reason)
@@ -98,9 +101,14 @@ class _Slot:
         self.inputs = alloc.empty(shapes[0], np.uint8)  # [bucket, H, W, 3]
         self.inputs.fill(0)
         self.outputs = alloc.empty(shapes[1], np.float32)  # [bucket, C]
+        # CPU OrtValues share the numpy buffers (no copy); kept here so both outlive the binding.
+        self.values = (
+            ort.OrtValue.ortvalue_from_numpy(self.inputs),
+            ort.OrtValue.ortvalue_from_numpy(self.outputs),
+        )
         self.binding = session.io_binding()
-        self.binding.bind_ortvalue_input(names[0], ort.OrtValue.ortvalue_from_numpy(self.inputs))
-        self.binding.bind_ortvalue_output(names[1], ort.OrtValue.ortvalue_from_numpy(self.outputs))
+        self.binding.bind_ortvalue_input(names[0], self.values[0])
+        self.binding.bind_ortvalue_output(names[1], self.values[1])
         self.rows_used = 0  # rows of `inputs` holding data from the previous call
 
 

@@ -20,8 +20,8 @@ providers"), and the warm-up is profiled so that every node that ran on the CPU 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +63,9 @@ class RuntimeOptions:
         pad_batches: ``auto`` (pad on GPU providers only), ``always`` or ``never``.
         trt_cache_dir: TensorRT engine and timing cache root (``None``: ``$XDG_CACHE_HOME/rescom/tensorrt``).
         trt_fp16: TensorRT FP16 kernels.
-        io_binding: on CUDA/TensorRT, run through IO binding with pinned host buffers.
+        io_binding: run through IO binding (pinned host buffers on GPUs): ``None`` = on CUDA/TensorRT only,
+            ``True`` = also on the CPU, ``False`` = never.
+        profile_warmup: profile the warm-up and report the node placement: ``None`` = on CUDA/TensorRT only.
     """
 
     providers: str = "auto"
@@ -77,7 +79,8 @@ class RuntimeOptions:
     pad_batches: str = "auto"
     trt_cache_dir: Path | None = None
     trt_fp16: bool = False
-    io_binding: bool = True
+    io_binding: bool | None = None
+    profile_warmup: bool | None = None
 
 
 def onnxruntime_version() -> str:
@@ -280,15 +283,10 @@ def _check_graph(spec: ModelSpec, session: ort.InferenceSession) -> None:
                 )
 
 
-def load_runtime(spec: ModelSpec, options: RuntimeOptions) -> ModelRuntime:
-    """Open, check and warm up one model version (blocking; call it from a worker thread).
-
-    Raises:
-        ModelLoadError: with a message naming the version and what is wrong.
-    """
-    providers = _providers(spec, options)
-    on_gpu = providers[0] != CPU
-    instances, threads = _instances_and_threads(options, on_gpu)
+def _session_options(
+    options: RuntimeOptions, threads: int, on_gpu: bool, profile_dir: str | None
+) -> ort.SessionOptions:
+    """Session options: threads, no spinning by default, ORT warnings and a profiled warm-up on GPUs."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -298,60 +296,83 @@ def load_runtime(spec: ModelSpec, options: RuntimeOptions) -> ModelRuntime:
     spin = "1" if options.spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    # On a GPU, ORT's warnings matter (nodes assigned to the CPU, missing libraries): severity 2 shows them.
+    # On a GPU, ORT's warnings matter (nodes assigned to the CPU, memcpy nodes, missing libraries).
     so.log_severity_level = 2 if on_gpu else 3
-    profile_dir = None
-    if on_gpu:  # the warm-up is profiled to learn where every node ran (profiling ends after it)
-        profile_dir = tempfile.mkdtemp(prefix="rescom-ort-profile-")
+    if profile_dir is not None:  # the warm-up is profiled to learn where every node ran (ended after it)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(profile_dir) / "warmup")
-    if on_gpu and hasattr(ort, "preload_dlls"):
-        try:  # find CUDA/cuDNN from the nvidia-* wheels (ORT >= 1.21)
-            ort.preload_dlls()
-        except Exception as err:  # noqa: BLE001 (best effort; the session creation below reports the real error)
-            log.debug("onnxruntime.preload_dlls() failed: %s", err)
+    return so
+
+
+def _open_session(spec: ModelSpec, so: ort.SessionOptions, providers: list) -> ort.InferenceSession:
     try:
-        session = ort.InferenceSession(str(spec.onnx_path), sess_options=so, providers=providers)
+        return ort.InferenceSession(str(spec.onnx_path), sess_options=so, providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         reason = str(err).replace(str(spec.onnx_path), spec.onnx_path.name).strip().splitlines()[0][:300]
         raise ModelLoadError(
             f"{spec.name}/{spec.version}: onnxruntime cannot load the graph: {reason}"
         ) from None
-    actual = session.get_providers()[0]
-    requested = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-    if actual != requested:
-        if options.providers in ("cuda", "tensorrt"):
-            raise ModelLoadError(
-                f"{spec.name}/{spec.version}: {requested} was required (RESCOM_PROVIDERS={options.providers}) but "
-                f"onnxruntime fell back to {actual}; check the GPU, the driver and the CUDA/cuDNN libraries"
-            )
-        log.warning("%s/%s: %s is unavailable, running on %s", spec.name, spec.version, requested, actual)
-        if actual == CPU:
-            instances, cpu_threads = _instances_and_threads(options, on_gpu=False)
-            if cpu_threads != threads:
-                threads = cpu_threads
-                so.intra_op_num_threads = threads
-                session = ort.InferenceSession(str(spec.onnx_path), sess_options=so, providers=[CPU])
-    _check_graph(spec, session)
-    max_batch = min(options.max_batch_size, spec.max_batch_size)
-    buckets = tuple(sorted({b for b in options.batch_sizes if b <= max_batch} | {max_batch}))
-    provider = session.get_providers()[0]
-    pad = options.pad_batches == "always" or (options.pad_batches == "auto" and provider != CPU)
-    binder = None
-    if options.io_binding and provider != CPU:
-        binder = BoundRunner(
-            session, spec.input.name, spec.output.name, spec.image_shape, spec.num_classes, pinned=True
-        )
-    runtime = ModelRuntime(
-        spec, session, max_batch, buckets, threads, pad=pad, instances=instances, binder=binder
+
+
+def load_runtime(spec: ModelSpec, options: RuntimeOptions) -> ModelRuntime:
+    """Open, check and warm up one model version (blocking; call it from a worker thread).
+
+    Raises:
+        ModelLoadError: with a message naming the version and what is wrong.
+    """
+    providers = _providers(spec, options)
+    on_gpu = providers[0] != CPU
+    if on_gpu and hasattr(ort, "preload_dlls"):
+        try:  # find CUDA/cuDNN from the nvidia-* wheels (ORT >= 1.21)
+            ort.preload_dlls()
+        except Exception as err:  # noqa: BLE001 (best effort; the session creation below reports the real error)
+            log.debug("onnxruntime.preload_dlls() failed: %s", err)
+    profile = on_gpu if options.profile_warmup is None else options.profile_warmup
+    profiling = (
+        tempfile.TemporaryDirectory(prefix="rescom-ort-profile-", ignore_cleanup_errors=True)
+        if profile
+        else contextlib.nullcontext(None)
     )
-    try:
+    with profiling as profile_dir:
+        instances, threads = _instances_and_threads(options, on_gpu)
+        so = _session_options(options, threads, on_gpu, profile_dir)
+        session = _open_session(spec, so, providers)
+        actual = session.get_providers()[0]
+        requested = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        if actual != requested:
+            if options.providers in ("cuda", "tensorrt"):
+                raise ModelLoadError(
+                    f"{spec.name}/{spec.version}: {requested} was required (RESCOM_PROVIDERS={options.providers}) "
+                    f"but onnxruntime fell back to {actual}; check the GPU, the driver and the CUDA/cuDNN libraries"
+                )
+            log.warning("%s/%s: %s is unavailable, running on %s", spec.name, spec.version, requested, actual)
+            if actual == CPU:
+                instances, cpu_threads = _instances_and_threads(options, on_gpu=False)
+                if cpu_threads != threads:
+                    threads = cpu_threads
+                    so.intra_op_num_threads = threads
+                    session = _open_session(spec, so, [CPU])
+        _check_graph(spec, session)
+        max_batch = min(options.max_batch_size, spec.max_batch_size)
+        buckets = tuple(sorted({b for b in options.batch_sizes if b <= max_batch} | {max_batch}))
+        provider = session.get_providers()[0]
+        pad = options.pad_batches == "always" or (options.pad_batches == "auto" and provider != CPU)
+        binder = None
+        if options.io_binding or (options.io_binding is None and provider != CPU):
+            binder = BoundRunner(
+                session,
+                spec.input.name,
+                spec.output.name,
+                spec.image_shape,
+                spec.num_classes,
+                provider != CPU,
+            )
+        runtime = ModelRuntime(
+            spec, session, max_batch, buckets, threads, pad=pad, instances=instances, binder=binder
+        )
         runtime.warmup()
         if profile_dir is not None:
             runtime.placement = _report_placement(spec, session)
-    finally:
-        if profile_dir is not None:
-            shutil.rmtree(profile_dir, ignore_errors=True)
     return runtime
 
 

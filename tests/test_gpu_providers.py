@@ -224,3 +224,21 @@ def test_cpu_fallback_nodes_are_named(tmp_path: Path):
     path.write_text("{}")
     with pytest.raises(ValueError, match="not an ONNX Runtime profile"):
         read_placement(path)
+
+
+def test_the_gpu_load_path_runs_on_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """load_runtime with the GPU-only steps forced on: profiled warm-up, placement report, IO binding."""
+    write_version(tmp_path, "tiny", 1)
+    caplog.set_level("INFO", logger="rescom.service.runtime")
+    options = RuntimeOptions(
+        providers="cpu", max_batch_size=8, batch_sizes=(1, 4), io_binding=True, profile_warmup=True
+    )
+    rt = load_runtime(read_spec(tmp_path, "tiny", 1), options)
+    assert rt.io_binding and not rt.pinned and rt.placement is not None
+    assert list(rt.placement.count_by_provider()) == ["CPUExecutionProvider"]
+    assert "tiny/1: nodes per provider in the warm-up: CPUExecutionProvider:" in caplog.text
+    for n in (1, 3, 8, 2):
+        x = random_images(n, seed=10 + n)
+        np.testing.assert_allclose(rt.run(x), tiny_reference_logits(x), atol=1e-3)
+    plain = load_runtime(read_spec(tmp_path, "tiny", 1), RuntimeOptions(providers="cpu"))
+    assert not plain.io_binding and plain.placement is None  # the CPU default: neither
