@@ -40,6 +40,17 @@ def test_check_args_accepts_real_flags_and_rejects_unknown_ones():
     assert bad_value.returncode == 2 and "invalid choice: 'gpu'" in bad_value.stderr
 
 
+def test_make_gpu_check_builds_both_environments_and_uses_their_interpreters():
+    proc = subprocess.run(
+        ["make", "-n", "-B", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = proc.stdout.splitlines()
+    assert ".venv/bin/python -m pip install -q -e '.[dev]'" in lines  # make setup first
+    assert ".venv-gpu/bin/python -m pip install -q -e '.[serve-gpu]'" in lines  # its own environment
+    assert not any("venv-gpu" in line and "[dev]" in line for line in lines)  # never onnxruntime next to -gpu
+    assert lines[-1] == "PYTHON=.venv/bin/python GPU_PYTHON=.venv-gpu/bin/python bash scripts/gpu_check.sh"
+
+
 def test_gpu_check_refuses_unknown_arguments():
     proc = subprocess.run(
         ["bash", "scripts/gpu_check.sh", "--fast"], cwd=ROOT, capture_output=True, text=True, timeout=30

@@ -18,7 +18,7 @@ from service.config import Settings
 from service.iobinding import BoundRunner, PinnedAllocator
 from service.placement import HEAVY_OUTPUT_BYTES, read_placement
 from service.repository import read_spec
-from service.runtime import ModelLoadError, ModelRuntime, RuntimeOptions, load_runtime
+from service.runtime import ModelLoadError, ModelRuntime, RuntimeOptions, _session_options, load_runtime
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 CPU_BUILD = ["AzureExecutionProvider", "CPUExecutionProvider"]
@@ -242,3 +242,9 @@ def test_the_gpu_load_path_runs_on_the_cpu(tmp_path: Path, caplog: pytest.LogCap
         np.testing.assert_allclose(rt.run(x), tiny_reference_logits(x), atol=1e-3)
     plain = load_runtime(read_spec(tmp_path, "tiny", 1), RuntimeOptions(providers="cpu"))
     assert not plain.io_binding and plain.placement is None  # the CPU default: neither
+
+
+def test_ort_warnings_are_shown_on_gpus():
+    """Severity 2 (warnings: nodes placed on the CPU, memcpy nodes) on GPU sessions; errors only on the CPU."""
+    assert _session_options(RuntimeOptions(), 1, on_gpu=True, profile_dir=None).log_severity_level == 2
+    assert _session_options(RuntimeOptions(), 2, on_gpu=False, profile_dir=None).log_severity_level == 3
