@@ -2,9 +2,9 @@
 
 With a plain ``session.run`` on the CUDA provider, every call allocates host output arrays and copies the
 input from pageable memory (the driver stages it through its own pinned buffer first). :class:`BoundRunner`
-instead keeps, per padded batch size, an input and an output buffer in page-locked host memory that stay
-bound to the session: the batch is written into the input buffer (padding rows zeroed), ONNX Runtime copies
-it to the GPU by DMA, runs, and copies the logits straight into the bound output buffer.
+instead keeps, per padded batch size, an input and an output buffer in page-locked host memory: the batch is
+written into the input buffer (padding rows zeroed), which is then bound (ONNX Runtime copies it to the GPU by
+DMA at that moment), the session runs, and the logits land straight in the bound output buffer.
 
 Page-locked memory comes from ``cudaHostAlloc`` of the CUDA runtime that onnxruntime-gpu loads; when it cannot
 be had (no CUDA runtime, or on the CPU provider) ordinary numpy memory is used, which is correct, only slower.
@@ -107,8 +107,7 @@ class _Slot:
             ort.OrtValue.ortvalue_from_numpy(self.outputs),
         )
         self.binding = session.io_binding()
-        self.binding.bind_ortvalue_input(names[0], self.values[0])
-        self.binding.bind_ortvalue_output(names[1], self.values[1])
+        self.binding.bind_ortvalue_output(names[1], self.values[1])  # filled at the end of every run
         self.rows_used = 0  # rows of `inputs` holding data from the previous call
 
 
@@ -168,6 +167,11 @@ class BoundRunner:
             if slot.rows_used > n:
                 slot.inputs[n : slot.rows_used] = 0  # padding rows: zeros, as the unbound path pads
             slot.rows_used = n
+            # ONNX Runtime copies a bound input to the device when it is BOUND, not at run time: binding once and
+            # rewriting the buffer would run every later batch on stale data. So bind on every call (the copy
+            # then starts here, from page-locked memory).
+            slot.binding.bind_ortvalue_input(self._names[0], slot.values[0])
+            slot.binding.synchronize_inputs()
             self._session.run_with_iobinding(slot.binding)
             slot.binding.synchronize_outputs()  # the logits are in host memory before they are read
             return slot.outputs[:n].copy()  # the buffer is reused by the next call
