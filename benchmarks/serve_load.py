@@ -282,7 +282,9 @@ def provider_entries(providers: str, onnx_path: Path, meta: dict, max_batch: int
         library = prov.tensorrt_libraries()
         name = meta["inputs"][0]["name"]
         crop = meta["preprocess"]["crop"]
-        cache = prov.trt_cache_root(None) / "serve_load" / onnx_path.parent.name
+        # the service's own cache folder (<root>/<model>/<version>), so the engine is built once for both
+        root = os.environ.get("RESCOM_TRT_CACHE_DIR") or None
+        cache = prov.trt_cache_root(Path(root) if root else None) / meta["name"] / onnx_path.parent.name
         cache.mkdir(parents=True, exist_ok=True)
         trt = prov.tensorrt_options(
             0, os.environ.get("RESCOM_TRT_FP16", "") == "1", cache, name, (crop, crop, 3), max_batch

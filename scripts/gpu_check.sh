@@ -2,10 +2,11 @@
 # GPU check: one shot on a machine lent for ~10 minutes (about 5 minutes on one H200, plus TensorRT engine
 # builds when TensorRT is installed). `make gpu-check` builds both environments first.
 #
-#   bash scripts/gpu_check.sh [--out DIR]      # on the GPU machine: writes benchmarks/results/gpu.{md,json}
+#   bash scripts/gpu_check.sh [--out DIR] [--budget S]  # GPU machine: benchmarks/results/gpu.{md,json}; S: 510
 #   bash scripts/gpu_check.sh --dry-run        # on any CPU machine (CI runs it): every command, flag and import
 #
-# Steps (each bounded by `timeout`; a failed step is recorded and the others still run; exit 1 if any failed):
+# Steps (each bounded by `timeout` and by what is left of --budget; a failed step is recorded and the others
+# still run; exit 1 if any failed):
 #   env-train     driver (nvidia-smi), torch, CUDA, cuDNN, NCCL, bf16   [.venv: torch + CPU onnxruntime]
 #   env-serve     onnxruntime-gpu version, get_available_providers(), print_debug_info(), CUDA libraries,
 #                 TensorRT library                                       [.venv-gpu: .[serve-gpu], no torch]
@@ -36,16 +37,23 @@ cd "$(dirname "$0")/.."
 
 DRY=0
 OUT=runs/gpu_check
+BUDGET=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --out) OUT=${2:?--out needs a folder}; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
-    *) echo "gpu_check: unknown argument '$1' (allowed: --dry-run, --out DIR)" >&2; exit 2 ;;
+    --budget) BUDGET=${2:?--budget needs seconds}; shift ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown argument '$1' (allowed: --dry-run, --out DIR, --budget SECONDS)" >&2; exit 2 ;;
   esac
   shift
 done
 [ "$DRY" = 1 ] && [ "$OUT" = runs/gpu_check ] && OUT=runs/gpu_check_dry
+# The whole run must fit the lent window: steps get at most what is left of BUDGET (minus 30 s kept for the
+# report); a step that would start with under 20 s left is skipped as "out of time".
+[ -n "$BUDGET" ] || { [ "$DRY" = 1 ] && BUDGET=1800 || BUDGET=510; }
+case $BUDGET in '' | *[!0-9]*) echo "gpu_check: --budget takes whole seconds, got '$BUDGET'" >&2; exit 2 ;; esac
+DEADLINE=$((SECONDS + BUDGET))
 PY=${PYTHON:-.venv/bin/python}
 GPU_PY=${GPU_PYTHON:-.venv-gpu/bin/python}
 [ "$DRY" = 1 ] && GPU_PY=$PY
@@ -109,8 +117,16 @@ build_commands() {
 FAILED=()
 : >"$OUT/steps.tsv"
 step() {  # step NAME SECONDS COMMAND...: run bounded, log to OUT/NAME.log, record the outcome
-  local name=$1 limit=$2 start=$SECONDS rc
+  local name=$1 limit=$2 start=$SECONDS rc left
   shift 2
+  left=$((DEADLINE - SECONDS - 30))
+  [ "$name" = report ] && left=$((left + 30))
+  if [ "$left" -lt 20 ]; then
+    skip "$name" "out of time (--budget $BUDGET s)"
+    FAILED+=("$name: out of time")
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*"
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
   rc=${PIPESTATUS[0]}
