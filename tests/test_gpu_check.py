@@ -11,11 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import gpu_env  # noqa: E402
 import gpu_report  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import serve_load  # noqa: E402
 
 
 def _check_args(*argv: str) -> subprocess.CompletedProcess:
@@ -95,3 +100,33 @@ def test_report_shows_missing_steps_as_missing(tmp_path: Path):
     assert page.count("Not measured (the step failed or did not run).") == 2  # training table, serving table
     assert '"queue_identical": true' in page
     assert json.loads((tmp_path / "gpu.json").read_text())["ddp"]["backend"] == "gloo"
+
+
+def test_serve_load_baseline_uses_the_services_provider_and_layout(tmp_path: Path):
+    """The raw ORT baseline gets the provider list the service builds, and the service's GPU layout (1 x 1)."""
+    meta = json.loads((ROOT / "models/digits_lt/1/rescom.json").read_text())
+    onnx = ROOT / "models/digits_lt/1/model.onnx"
+    assert serve_load.provider_entries("cpu", onnx, meta, 32) == ["CPUExecutionProvider"]
+    gpu_args = serve_load.parse_args(["--providers", "cuda"])
+    assert serve_load.layout(gpu_args, {}) == (1, 1)
+    assert serve_load.layout(gpu_args, {"RESCOM_INSTANCES": "2"})[0] == 2
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(
+            SystemExit, match=r"^\[bench\] providers=cuda but this onnxruntime build has no CUDA"
+        ):
+            serve_load.provider_entries("cuda", onnx, meta, 32)
+    rate, provider = serve_load.raw_ort(
+        onnx, serve_load_images(), 4, 1, False, 8, providers=["CPUExecutionProvider"]
+    )
+    bound, _ = serve_load.raw_ort(
+        onnx, serve_load_images(), 4, 1, False, 8, 1, ["CPUExecutionProvider"], True
+    )
+    assert provider == "CPUExecutionProvider" and rate > 0 and bound > 0
+
+
+def serve_load_images():
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
