@@ -407,6 +407,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--intra-op-threads", type=int, default=None, help="default: the service's default")
     p.add_argument("--skip-no-batching", action="store_true")
+    p.add_argument(
+        "--raw-images",
+        type=int,
+        default=None,
+        help="images per raw ORT measurement (default: max(requests, 2000))",
+    )
     p.add_argument("--no-synthetic-fallback", dest="synthetic_fallback", action="store_false")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.add_argument("--env", action="append", default=[], help="extra RESCOM_X=Y for the server (repeatable)")
@@ -433,7 +439,7 @@ def measure_raw(
     args, onnx_file: Path, work: Workload, providers: list, threads: int, spinning: bool, instances: int
 ):
     """Raw ORT img/s (plain run, and IO binding on a GPU: the faster counts) and the provider really used."""
-    n_raw = max(args.requests, 2000)
+    n_raw = args.raw_images or max(args.requests, 2000)
     rate, used = raw_ort(
         onnx_file, work.arrays, args.max_batch_size, threads, spinning, n_raw, instances, providers
     )
@@ -538,7 +544,12 @@ def main(argv: list[str] | None = None) -> int:
         best = raw
         if not gpu and (instances * threads != usable_cpus() or instances != 1):
             best, _ = raw_ort(
-                onnx_file, work.arrays, args.max_batch_size, usable_cpus(), spinning, max(args.requests, 2000)
+                onnx_file,
+                work.arrays,
+                args.max_batch_size,
+                usable_cpus(),
+                spinning,
+                args.raw_images or max(args.requests, 2000),
             )
             print(
                 f"[bench] raw ONNX Runtime, batch {args.max_batch_size}, 1 x {usable_cpus()} threads: "

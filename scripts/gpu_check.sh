@@ -104,12 +104,12 @@ build_commands() {
     --batch "$MAXB" --json "$OUT/placement_cuda.json")
   SERVE_CUDA=(benchmarks/serve_load.py --model-repository "$OUT/models" --model resnet50 --providers "$PROVIDERS"
     --images-dir "$OUT/synthetic/test" --max-batch-size "$MAXB" --concurrency "$CONC" --requests "$REQS"
-    --warmup "$WARM" --skip-no-batching --no-synthetic-fallback --json "$OUT/serve_cuda.json")
+    --raw-images "$REQS" --warmup "$WARM" --skip-no-batching --no-synthetic-fallback --json "$OUT/serve_cuda.json")
   PLACE_TRT=(scripts/ort_placement.py --model-dir "$OUT/models/resnet50/1" --providers tensorrt --trt-fp16
     --batch "$MAXB" --json "$OUT/placement_tensorrt.json")
   SERVE_TRT=(benchmarks/serve_load.py --model-repository "$OUT/models" --model resnet50 --providers tensorrt
     --env RESCOM_TRT_FP16=true --images-dir "$OUT/synthetic/test" --max-batch-size "$MAXB" --concurrency "$CONC"
-    --requests "$REQS" --warmup "$WARM" --skip-no-batching --no-synthetic-fallback
+    --requests "$REQS" --raw-images "$REQS" --warmup "$WARM" --skip-no-batching --no-synthetic-fallback
     --json "$OUT/serve_tensorrt.json")
   REPORT=(scripts/gpu_report.py --run-dir "$OUT" --out "$REPORT_OUT")
 }
