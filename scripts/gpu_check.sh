@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: one shot on a machine lent for ~10 minutes (about 5 minutes on one H200, plus TensorRT engine
-# builds when TensorRT is installed). `make gpu-check` builds both environments first.
+# GPU check: one shot on a machine lent for ~10 minutes (estimated 5-6 minutes on one H200, never measured yet,
+# plus TensorRT engine builds when TensorRT is installed). `make gpu-check` builds both environments first.
 #
 #   bash scripts/gpu_check.sh [--out DIR] [--budget S]  # GPU machine: benchmarks/results/gpu.{md,json}; S: 510
 #   bash scripts/gpu_check.sh --dry-run        # on any CPU machine (CI runs it): every command, flag and import
@@ -18,6 +18,8 @@
 #                 synthetic long-tailed image folder, 1 epoch of ResNet-50 at 224 with training/train.py (bf16,
 #                 channels_last), export to ONNX (training/ -> export/ as a user runs them; without the
 #                 parity check: a 1-epoch ResNet-50 has huge logits, whose fp32 rounding exceeds its 1e-4)
+#   ddp-train     training/train.py itself under torchrun with 2 ranks, 1 epoch of ResNet-32 on the synthetic
+#                 folder at 32 x 32 (DistributedSampler, DDP, sharded evaluation gathered across ranks)
 #   placement-cuda ONNX Runtime profile of one batch of 64 on CUDA: fails if any real node ran on the CPU
 #   serve-cuda    the service on CUDA vs raw ORT-CUDA at batch 64 (benchmarks/serve_load.py --providers cuda)
 #   placement-tensorrt, serve-tensorrt
@@ -44,7 +46,7 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --out) OUT=${2:?--out needs a folder}; shift ;;
     --budget) BUDGET=${2:?--budget needs seconds}; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (allowed: --dry-run, --out DIR, --budget SECONDS)" >&2; exit 2 ;;
   esac
   shift
@@ -98,6 +100,10 @@ build_commands() {
     --batch-size "$BS" --lr 0.01 --workers "$WORKERS" --no-progress --output-dir "$OUT/run_r50" data.name=imagefolder
     "data.dir=$OUT/synthetic" "data.kwargs={resize: $RESIZE, crop: $CROP}" "train.amp=$TRAIN_AMP"
     train.channels_last=true optim.warmup_epochs=0 loss.num_negatives=64 "eval.batch_size=$BS")
+  DDP_TRAIN=(training/train.py --config training/configs/cifar10_lt_if100.yaml --device "$DEV" --epochs 1
+    --batch-size "$BS" --workers "$WORKERS" --no-progress --output-dir "$OUT/run_ddp" data.name=imagefolder
+    "data.dir=$OUT/synthetic" "data.kwargs={resize: 32, crop: 32}" data.preset=cifar "train.amp=$TRAIN_AMP"
+    train.channels_last=true optim.warmup_epochs=0 "eval.batch_size=$BS")
   EXPORT=(export/to_onnx.py --checkpoint "$OUT/run_r50/best.pt" --model-repository "$OUT/models" --name resnet50
     --version 1 --force --max-batch-size "$MAXB" --calibration temperature --no-verify)
   PLACE_CUDA=(scripts/ort_placement.py --model-dir "$OUT/models/resnet50/1" --providers "$PROVIDERS"
@@ -149,7 +155,7 @@ gpu_values
 build_commands
 echo "== flags: the GPU command lines, parsed by each script's own parser"
 train_side=(); serve_side=()
-for cmd in TRAIN DDP LOSS TRAIN_R50 EXPORT REPORT; do
+for cmd in TRAIN DDP LOSS TRAIN_R50 DDP_TRAIN EXPORT REPORT; do
   declare -n argv=$cmd; train_side+=("${argv[@]}" :::); unset -n argv
 done
 for cmd in PLACE_CUDA SERVE_CUDA PLACE_TRT SERVE_TRT; do
@@ -178,6 +184,7 @@ step loss-inat 120 "$PY" "${LOSS[@]}"
 grep -E '^(setup|inat-scale)' "$OUT/loss-inat.log" >"$OUT/loss_scale.txt" || true
 step data 120 "$PY" "${SYN[@]}"
 step train-r50 300 "$PY" "${TRAIN_R50[@]}"
+step ddp-train 180 "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 "${DDP_TRAIN[@]}"
 step export 240 "$PY" "${EXPORT[@]}"
 step placement-cuda 120 "$GPU_PY" "${PLACE_CUDA[@]}"
 step serve-cuda 300 "$GPU_PY" "${SERVE_CUDA[@]}"
