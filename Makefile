@@ -3,13 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 KSERVE_VENV ?= .venv-kserve
+GPU_VENV ?= .venv-gpu
 BIN := $(VENV)/bin
 SERVE_BIN := $(SERVE_VENV)/bin
+GPU_BIN := $(GPU_VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-serve kserve-client grpc-descriptors serve test lint format train-digits export-digits bundle-model gpu-check bench-train bench-serve bench-serving evaluate-digits clean
+.PHONY: help setup setup-serve setup-gpu kserve-client grpc-descriptors serve test lint format train-digits export-digits bundle-model gpu-check gpu-check-dry-run bench-train bench-serve bench-serving evaluate-digits clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,6 +26,17 @@ $(SERVE_BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_BIN)/python -m pip install -q --upgrade pip
 	$(SERVE_BIN)/python -m pip install -q -e '.[serve]'
+	touch $@
+
+# onnxruntime-gpu and onnxruntime share the `onnxruntime` module (the last one installed silently wins), so the
+# GPU service gets its own environment: .[serve-gpu] only, no torch, no plain onnxruntime.
+$(GPU_BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_BIN)/python -m pip install -q --upgrade pip
+	$(GPU_BIN)/python -m pip install -q -e '.[serve-gpu]'
+	$(GPU_BIN)/python -c "import importlib.metadata as m, sys; \
+		names = {(d.metadata['Name'] or '').lower() for d in m.distributions()}; \
+		sys.exit('onnxruntime and onnxruntime-gpu both installed in $(GPU_VENV)' if 'onnxruntime' in names else 0)"
 	touch $@
 
 setup: $(BIN)/.installed  ## create .venv with everything (train, export, serve, dev tools)
@@ -42,6 +55,8 @@ grpc-descriptors: setup kserve-client  ## regenerate the gRPC descriptor sets in
 	$(BIN)/python scripts/triton_descriptors.py
 
 setup-serve: $(SERVE_BIN)/.installed  ## create .venv-serve with the service only (no torch)
+
+setup-gpu: $(GPU_BIN)/.installed  ## create .venv-gpu: the service on onnxruntime-gpu (CUDA 13 wheels), no torch
 
 serve: setup-serve  ## run the API on the bundled default model (models/digits_lt) at http://$(HOST):$(PORT)
 	$(SERVE_BIN)/python -m service --model-repository models --host $(HOST) --port $(PORT)
@@ -69,8 +84,11 @@ bundle-model: setup  ## rebuild the bundled default model (models/digits_lt/1) e
 	$(BIN)/python export/to_onnx.py --checkpoint runs/bundle/best.pt --model-repository models --name digits_lt \
 		--version 1 --force
 
-gpu-check:  ## on a CUDA machine: AMP/DDP training steps, CUDA execution provider, service throughput
-	bash scripts/gpu_check.sh
+gpu-check: setup setup-gpu  ## on a CUDA machine: AMP/DDP training, iNat-scale loss, ORT-CUDA service vs raw -> benchmarks/results/gpu.md
+	PYTHON=$(BIN)/python GPU_PYTHON=$(GPU_BIN)/python bash scripts/gpu_check.sh
+
+gpu-check-dry-run: setup  ## the GPU check's commands, flags and imports on the CPU (what CI runs)
+	PYTHON=$(BIN)/python bash scripts/gpu_check.sh --dry-run
 
 bench-train: setup  ## ResCom step overhead vs CE, and iNaturalist-scale loss memory
 	$(BIN)/python benchmarks/train_step.py

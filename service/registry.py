@@ -94,6 +94,7 @@ class ModelRegistry:
             pad_batches=settings.pad_batches,
             trt_cache_dir=settings.trt_cache_dir,
             trt_fp16=settings.trt_fp16,
+            io_binding=None if settings.io_binding else False,  # on: GPU providers only
         )
         self._models: dict[str, ServedModel] = {}
         self._adaptive: dict[str, AdaptivePrior] = {}
