@@ -92,6 +92,13 @@ class ServiceMetrics:
                 pass
         self.model_info.labels(model, str(version), provider).set(1)
 
+    def retire_model(self, model: str, version: int, provider: str) -> None:
+        """Drop a version that is no longer served from ``rescom_model_info``."""
+        try:
+            self.model_info.remove(model, str(version), provider)
+        except KeyError:
+            pass
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from rescom.model_repository import METADATA_FILE
 from service.config import usable_cpus
 from service.repository import ModelSpec
 
@@ -233,7 +234,7 @@ def _check_graph(spec: ModelSpec, session: ort.InferenceSession) -> None:
         if actual.type != _ORT_TYPES[declared.datatype]:
             raise ModelLoadError(
                 f"{where}: {declared.name!r} is {actual.type} in the graph, {declared.datatype} in "
-                "rescom.json"
+                f"{METADATA_FILE}"
             )
         if len(actual.shape) != len(declared.shape):
             raise ModelLoadError(
