@@ -63,7 +63,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     return json_response(
         {
             "name": served.name,
-            "versions": [str(served.version)],
+            "versions": [str(m.version) for m in get_state(request).registry.served_versions(served.name)],
             "platform": "onnxruntime_onnx",
             "inputs": [{"name": spec.input.name, "datatype": "UINT8", "shape": [-1, *spec.image_shape]}],
             "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, c]} for o in OUTPUTS],
@@ -100,7 +100,7 @@ async def model_config(request: Request, name: str, version: str | None = None) 
             "name": served.name,
             "platform": "onnxruntime_onnx",
             "backend": "onnxruntime",
-            "version_policy": {"latest": {"num_versions": 1}},
+            "version_policy": state.registry.version_policy(served.name).to_json(),
             "max_batch_size": runtime.max_batch_size,
             "input": [
                 {
