@@ -435,6 +435,11 @@ def test_prior_chart_tracks_the_adaptive_estimate_and_resets(
         c.post(f"/v1/models/{MODEL}/prior/reset").raise_for_status()
         open_page(page, server)
         wait_model_ready(page)
+        # one accuracy figure: the served one (calibrated, uniform prior), and the recipe's thresholds
+        served_top1 = meta["metrics"]["served"]["top1"]
+        assert f"test accuracy {served_top1:.1f} % (as served)" in page.text_content("#model-info")
+        many, few = meta["metrics"]["thresholds"]["many"], meta["metrics"]["thresholds"]["few"]
+        assert f"head n > {many}, medium {few} ≤ n ≤ {many}" in page.text_content("#shot-legend")
         wait_chart_n_seen(page, 0)
         train = chart_marks(page, "train")
         adaptive = chart_marks(page, "adaptive")
