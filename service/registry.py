@@ -332,13 +332,16 @@ class ModelRegistry:
         policy: VersionPolicy,
         current: dict[int, ServedModel],
     ) -> None:
-        """Log once why ``name`` has no version to serve now (the versions already served keep serving)."""
-        if name in self._incomplete_reported:
+        """Log once why ``name`` has no version to serve now (the versions already served keep serving).
+
+        Versions that the policy selects but that failed to load were logged when refused; nothing more is said.
+        """
+        if name in self._incomplete_reported or policy.select(fingerprints):
             return
         self._incomplete_reported.add(name)
         if current:
             log.error(
-                "model %s: version_policy %s selects no loadable version among %s; versions %s keep serving",
+                "model %s: version_policy %s selects none of the complete versions %s; versions %s keep serving",
                 name,
                 policy.describe(),
                 sorted(fingerprints) or "none",
@@ -356,7 +359,7 @@ class ModelRegistry:
             )
         else:
             log.warning(
-                "not serving model %s: version_policy %s selects no loadable version among %s",
+                "not serving model %s: version_policy %s selects none of the complete versions %s",
                 name,
                 policy.describe(),
                 sorted(fingerprints),
