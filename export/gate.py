@@ -118,10 +118,13 @@ class GateResult:
         candidate: served ``balanced_acc`` of the candidate.
         baseline: served ``balanced_acc`` of the baseline on the same split.
         tolerance: allowed drop in points.
+        warnings: problems that do not stage the version (a first version is served whatever its figures:
+            there is nothing else to serve).
     """
 
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     baseline_version: int | None = None
     candidate: float | None = None
     baseline: float | None = None
@@ -132,6 +135,7 @@ class GateResult:
         return {
             "passed": self.passed,
             "reasons": self.reasons,
+            "warnings": self.warnings,
             "metric": "served balanced_acc",
             "candidate": self.candidate,
             "baseline_version": self.baseline_version,
@@ -171,5 +175,7 @@ def decide(
                     f"balanced_acc {result.candidate:.2f} % is below version {baseline_version}'s "
                     f"{result.baseline:.2f} % by more than {tolerance:g} points"
                 )
+    if baseline_version is None:  # nothing is served: staging would leave the model without any version
+        result.warnings, result.reasons = result.reasons, []
     result.passed = not result.reasons
     return result

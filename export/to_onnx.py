@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         f"T = {meta['calibration']['temperature']}, sha256 {meta['onnx']['sha256'][:16]}..."
     )
     print_tree(Path(args.model_repository) / args.name)
+    if result.gate is not None and result.gate.warnings:
+        print(
+            f"WARNING: {meta['name']} version {meta['version']} is served but {'; '.join(result.gate.warnings)}"
+        )
     if result.staged:
         print(
             f"STAGED: {meta['name']} version {meta['version']} is not served: "
