@@ -23,7 +23,14 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
-from rescom.model_repository import ConfigError, ModelConfig, VersionPolicy, parse_version, read_config
+from rescom.model_repository import (
+    ConfigError,
+    ModelConfig,
+    VersionPolicy,
+    config_path,
+    parse_version,
+    read_config,
+)
 from service.batcher import DynamicBatcher
 from service.config import Settings
 from service.errors import BadRequest, NotFound, Unavailable
@@ -366,9 +373,20 @@ class ModelRegistry:
             )
 
     def _read_config(self, name: str) -> ModelConfig | None:
-        """``config.pbtxt`` now; an unreadable file keeps the previous one (logged once per error)."""
+        """``config.pbtxt`` now; an unreadable file keeps the previous one (logged once per error).
+
+        An empty file also keeps the previous one: it is what a poll sees while an editor rewrites the file in
+        place (truncate, then write); an empty file would otherwise mean Triton's defaults (``latest 1``).
+        """
+        try:
+            if name in self._configs and config_path(self.repository, name).read_bytes().strip() == b"":
+                return self._configs[name]
+        except OSError:
+            pass  # no file (or unreadable): read_config says which
         try:
             config = read_config(self.repository, name)
+            if config == ModelConfig() and name in self._configs:
+                return self._configs[name]  # emptied between the two reads
         except ConfigError as err:
             if self._config_errors.get(name) != str(err):
                 self._config_errors[name] = str(err)
