@@ -47,6 +47,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rescom import model_repository as mr  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- server
 
@@ -274,8 +278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def image_body(repo: Path, model: str) -> tuple[bytes, int]:
     """A PNG of the model's input size (seeded) and its class count."""
-    versions = sorted(int(d.name) for d in (repo / model).iterdir() if re.fullmatch(r"[1-9]\d*", d.name))
-    meta = json.loads((repo / model / str(versions[-1]) / "rescom.json").read_text())
+    meta = mr.read_metadata(repo, model, mr.latest_version(repo, model))
     size = meta["preprocess"]["crop"]
     rng = np.random.default_rng(0)
     arr = np.clip(rng.integers(0, 256, (1, 1, 3)) + rng.integers(-30, 31, (size, size, 3)), 0, 255)

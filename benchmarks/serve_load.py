@@ -52,6 +52,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rescom import model_repository as mr  # noqa: E402
 from rescom.preprocess import resize_center_crop  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -389,10 +390,7 @@ def resolve_model(args: argparse.Namespace, tmp: Path) -> tuple[Path, str, str]:
 
 
 def latest_version(repo: Path, name: str) -> Path:
-    versions = sorted(
-        int(p.name) for p in (repo / name).iterdir() if p.is_dir() and re.fullmatch(r"[1-9]\d*", p.name)
-    )
-    return repo / name / str(versions[-1])
+    return mr.version_path(repo, name, mr.latest_version(repo, name))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -488,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo, model, described = resolve_model(args, Path(tmp))
         vdir = latest_version(repo, model)
-        meta = json.loads((vdir / "rescom.json").read_text())
+        meta = json.loads((vdir / mr.METADATA_FILE).read_text())
         work = load_workload(args, meta)
         print(f"[bench] model: {described} (version {vdir.name}); images: {work.source}")
         print(

@@ -2,8 +2,10 @@
 
     python export/to_onnx.py --checkpoint runs/digits_lt/best.pt --model-repository models --name digits_lt
 
-Writes ``models/NAME/config.pbtxt``, ``models/NAME/labels.txt``, ``models/NAME/N/model.onnx`` and
-``models/NAME/N/rescom.json``; verifies the graph and its parity with PyTorch, then prints the tree.
+Writes ``models/NAME/N/model.onnx`` and ``models/NAME/N/rescom.json``, creates ``models/NAME/config.pbtxt`` and
+``models/NAME/labels.txt`` once (later exports update only the fields export owns); verifies the graph and its
+parity with PyTorch, runs the promotion gate (the new version is staged, not served, when it is worse than the
+served one), then prints the tree.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export.exporter import export_checkpoint
+from export.gate import DEFAULT_TOLERANCE
 from export.verify import ParityError
 
 
@@ -34,7 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="dataset root for parity images and temperature fitting")
     p.add_argument(
-        "--max-batch-size", type=int, default=64, help="Triton max_batch_size (default: %(default)s)"
+        "--max-batch-size",
+        type=int,
+        help="Triton max_batch_size (default: keep config.pbtxt's; 64 for a new model)",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
     p.add_argument(
@@ -45,6 +50,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip onnx.checker and the parity check")
+    p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="skip the promotion gate (the version policy decides alone whether the new version is served)",
+    )
+    p.add_argument(
+        "--gate-tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="largest allowed drop of the served balanced_acc against the served version, in points "
+        "(default: %(default)s)",
+    )
     return p
 
 
@@ -75,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             verify=not args.no_verify,
             command=command,
             calibration=args.calibration,
+            gate=not args.no_gate,
+            gate_tolerance=args.gate_tolerance,
         )
     except (FileNotFoundError, FileExistsError, ValueError, ParityError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -87,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         f"T = {meta['calibration']['temperature']}, sha256 {meta['onnx']['sha256'][:16]}..."
     )
     print_tree(Path(args.model_repository) / args.name)
+    if result.gate is not None and result.gate.warnings:
+        print(
+            f"WARNING: {meta['name']} version {meta['version']} is served but {'; '.join(result.gate.warnings)}"
+        )
+    if result.staged:
+        print(
+            f"STAGED: {meta['name']} version {meta['version']} is not served: "
+            f"{'; '.join(result.gate.reasons)}. Promote it with: python export/promote.py --model-repository "
+            f"{shlex.quote(args.model_repository)} --name {meta['name']} promote {meta['version']}"
+        )
     return 0
 
 

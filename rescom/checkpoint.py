@@ -24,6 +24,7 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "to_plain",
+    "model_from_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "rescom-checkpoint/1"
@@ -120,3 +121,28 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the :class:`rescom.models.ResComModel` of a checkpoint from its ``meta`` and load the weights.
+
+    The one place that maps checkpoint metadata (``arch``, ``arch_kwargs``, ``num_classes`` C, ``proj_dim`` d)
+    to a model; export and evaluation both call it.
+
+    Args:
+        state: a dict from :func:`load_checkpoint`.
+
+    Returns:
+        The model in eval mode, on the CPU.
+    """
+    from rescom.models import create_model  # lazily: loading a checkpoint needs no architecture
+
+    meta = state["meta"]
+    model = create_model(
+        meta["arch"],
+        num_classes=meta["num_classes"],
+        proj_dim=meta["proj_dim"],
+        **(meta.get("arch_kwargs") or {}),
+    )
+    model.load_state_dict(state["model"])
+    return model.eval()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from rescom import model_repository as mr
+from rescom.calibration import calibrate_logits, parse_class_bias
 from rescom.preprocess import resize_center_crop
 
 
@@ -32,12 +33,10 @@ def main() -> int:
     p.add_argument("--version", type=int, help="default: latest")
     p.add_argument("--images", required=True, help="folder with labels.csv")
     args = p.parse_args()
-    model_dir = Path(args.model_repository) / args.name
-    version = args.version or max(int(d.name) for d in model_dir.iterdir() if d.name.isdigit())
-    meta = json.loads((model_dir / str(version) / "rescom.json").read_text())
-    session = ort.InferenceSession(
-        str(model_dir / str(version) / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
+    version = args.version or mr.latest_version(args.model_repository, args.name)
+    meta = mr.read_metadata(args.model_repository, args.name, version)
+    graph = mr.version_path(args.model_repository, args.name, version) / meta["onnx"]["file"]
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     pre = meta["preprocess"]
     with (Path(args.images) / "labels.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -53,12 +52,16 @@ def main() -> int:
     logits = np.concatenate(
         [session.run(["logits"], {"images": images[i : i + 64]})[0] for i in range(0, len(images), 64)]
     )
-    acc = 100.0 * float(np.mean(logits.argmax(axis=1) == labels))
-    recorded = (meta.get("metrics") or {}).get("acc")
+    raw = 100.0 * float(np.mean(logits.argmax(axis=1) == labels))
+    calibration = meta.get("calibration") or {}
+    bias = parse_class_bias(calibration.get("class_bias"), logits.shape[1])
+    served_logits = calibrate_logits(logits, calibration.get("temperature") or 1.0, bias)  # [N, C]
+    served = 100.0 * float(np.mean(served_logits.argmax(axis=1) == labels))
+    recorded = (mr.metrics_summary(meta) or {}).get("headline")
     print(
-        f"{args.name} v{version}: top-1 {acc:.2f} % on {len(labels)} images (onnxruntime, no torch); "
-        f"recorded at training: {recorded if recorded is None else f'{recorded:.2f} %'}; "
-        f"torch imported: {'torch' in sys.modules}"
+        f"{args.name} v{version}: top-1 served (calibrated, uniform prior) {served:.2f} %, raw argmax "
+        f"{raw:.2f} % on {len(labels)} images (onnxruntime, no torch); recorded: "
+        f"{recorded if recorded is None else f'{recorded:.2f} %'}; torch imported: {'torch' in sys.modules}"
     )
     return 0
 

@@ -17,9 +17,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from rescom.model_repository import MODEL_NAME_PATTERN
+
 __all__ = ["Settings", "get_settings", "usable_cpus", "MODEL_NAME_PATTERN"]
 
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PRIOR_KEYWORDS = ("uniform", "train", "adaptive")
 
 
@@ -66,7 +67,11 @@ class Settings(BaseSettings):
 
     # --- dynamic batching
     max_batch_size: int = Field(
-        32, ge=1, le=4096, description="images per model call (capped by the model's own)"
+        32,
+        ge=1,
+        le=4096,
+        description="cap on images per model call when set; unset, each model uses its config.pbtxt "
+        "max_batch_size (else its rescom.json one)",
     )
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait for a batch to fill")
     batch_sizes: Annotated[list[int], NoDecode] = Field(

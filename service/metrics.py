@@ -13,6 +13,11 @@
 | ``rescom_model_info`` | gauge (1) | ``model``, ``version``, ``provider`` |
 | ``rescom_model_load_failures_total`` | counter | ``model`` |
 | ``rescom_ready`` | gauge | |
+| ``rescom_label_shift_kl`` | gauge | ``model`` (KL(adaptive π_t ‖ training π) in nats, :mod:`service.label_shift`) |
+| ``rescom_prediction_share`` | gauge | ``model``, ``class`` (share of recent predictions per class) |
+| ``rescom_label_shift_window_images`` | gauge | ``model`` (images behind the two figures above) |
+
+The label-shift gauges are refreshed at each scrape of ``/metrics``.
 """
 
 from __future__ import annotations
@@ -76,6 +81,25 @@ class ServiceMetrics:
             "rescom_model_load_failures", "model versions refused", ["model"], registry=r
         )
         self.ready = Gauge("rescom_ready", "1 when the service reports ready", registry=r)
+        self.label_shift_kl = Gauge(
+            "rescom_label_shift_kl",
+            "KL divergence (nats) of the adaptive prior estimate from the training prior",
+            ["model"],
+            registry=r,
+        )
+        self.prediction_share = Gauge(
+            "rescom_prediction_share",
+            "share of the recent window predicted as each class (calibrated, uniform prior)",
+            ["model", "class"],
+            registry=r,
+        )
+        self.label_shift_window = Gauge(
+            "rescom_label_shift_window_images",
+            "images in the window behind rescom_label_shift_kl and rescom_prediction_share",
+            ["model"],
+            registry=r,
+        )
+        self._share_classes: dict[str, tuple[str, ...]] = {}
 
     def observer(self, model: str) -> ModelObserver:
         """A :class:`service.batcher.BatchObserver` writing into this registry for ``model``."""
@@ -91,6 +115,29 @@ class ServiceMetrics:
             except KeyError:
                 pass
         self.model_info.labels(model, str(version), provider).set(1)
+
+    def retire_model(self, model: str, version: int, provider: str) -> None:
+        """Drop a version that is no longer served from ``rescom_model_info``."""
+        try:
+            self.model_info.remove(model, str(version), provider)
+        except KeyError:
+            pass
+
+    def set_label_shift(
+        self, model: str, class_names: tuple[str, ...], kl: float, share: list[float], window_images: int
+    ) -> None:
+        """Publish one model's label-shift figures (class labels of an earlier version are dropped)."""
+        previous = self._share_classes.get(model, ())
+        for name in set(previous) - set(class_names):
+            try:
+                self.prediction_share.remove(model, name)
+            except KeyError:
+                pass
+        self._share_classes[model] = class_names
+        self.label_shift_kl.labels(model).set(kl)
+        self.label_shift_window.labels(model).set(window_images)
+        for name, value in zip(class_names, share, strict=True):
+            self.prediction_share.labels(model, name).set(value)
 
     def render(self) -> bytes:
         """The text exposition format."""

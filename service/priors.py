@@ -281,6 +281,10 @@ class AdaptivePrior:
             else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._updated_at)),
         }
 
+    def window_logits(self) -> np.ndarray:
+        """A copy of the raw logits in the window, ``[n, C]`` (n <= ``window``), for monitoring."""
+        return self._window_copy()
+
     def _window_copy(self) -> np.ndarray:
         if self._filled < self.window:
             return self._buf[: self._filled].copy()  # [filled, C]

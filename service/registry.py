@@ -1,11 +1,18 @@
 """The served models: loading, hot reload by polling the repository, atomic swaps, shutdown.
 
-For every model folder (or only ``Settings.model``) the newest version that loads is served. Loading reads
-and checks ``rescom.json``, opens the graph, checks it and warms every batch size, all in a worker thread
-while the current version keeps serving; then the new version replaces the old one in one assignment and the
-old one drains and closes in the background. A version that fails is refused with one log line, remembered by
-its files' fingerprint (so it is not retried every poll, but is retried once the files change), and the
-previous version keeps serving. Only one version per model is served (Triton's default ``latest: 1`` policy).
+For every model folder (or only ``Settings.model``) the versions that ``config.pbtxt``'s ``version_policy``
+selects are served (Triton's rules, :class:`rescom.model_repository.VersionPolicy`; ``latest 1`` when there is
+no file or no policy): ``latest N`` serves the N newest versions that load, ``all`` every version,
+``specific`` exactly the listed ones. Requests without a version go to the highest served version (Triton
+too); ``?version=`` and ``/v2/models/NAME/versions/V`` address the others. ``config.pbtxt`` is re-read at every
+poll, so editing the policy or ``max_batch_size`` takes effect like a new version does.
+
+Loading reads and checks ``rescom.json``, opens the graph, checks it and warms every batch size, all in a
+worker thread while the current versions keep serving; then the new set of versions replaces the old one in
+one assignment and versions that left it drain and close in the background. A version that fails is refused
+with one log line, remembered by its files' fingerprint (so it is not retried every poll, but is retried once
+the files change); under ``latest N`` the next older version takes its place, and when the policy selects
+nothing that loads the versions served so far keep serving.
 
 A request holds a lease on the version it started with (:meth:`ModelRegistry.lease`), taken before its body is
 read, until it is answered; a replaced version is retired and closed when its last lease ends (a reference
@@ -20,8 +27,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from rescom.model_repository import (
+    ConfigError,
+    ModelConfig,
+    VersionPolicy,
+    config_path,
+    parse_version,
+    read_config,
+)
 from service.batcher import DynamicBatcher
 from service.config import Settings
 from service.errors import BadRequest, NotFound, Unavailable
@@ -53,6 +68,7 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     leases: int = 0  # requests holding this version (ModelRegistry.lease)
     retired: bool = False  # replaced: closed when the last lease ends
+    config_max_batch: int | None = None  # config.pbtxt's max_batch_size when loaded (an edit reloads)
 
     @property
     def name(self) -> str:
@@ -96,7 +112,10 @@ class ModelRegistry:
             trt_fp16=settings.trt_fp16,
             io_binding=None if settings.io_binding else False,  # on: GPU providers only
         )
-        self._models: dict[str, ServedModel] = {}
+        self._models: dict[str, ServedModel] = {}  # the default version of each model (highest served)
+        self._versions: dict[str, dict[int, ServedModel]] = {}  # every served version of each model
+        self._configs: dict[str, ModelConfig | None] = {}  # last readable config.pbtxt of each model
+        self._config_errors: dict[str, str] = {}  # the config.pbtxt error last logged, per model
         self._adaptive: dict[str, AdaptivePrior] = {}
         self._refused: dict[tuple[str, int], Fingerprint | None] = {}
         self._known: set[str] = set()
@@ -124,6 +143,20 @@ class ModelRegistry:
         """Model names found in the repository (served or not)."""
         return sorted(self._known | set(self._models))
 
+    def served_versions(self, name: str) -> list[ServedModel]:
+        """Every served version of ``name``, ascending (empty when none)."""
+        versions = self._versions.get(name) or {}
+        return [versions[v] for v in sorted(versions)]
+
+    def version_policy(self, name: str) -> VersionPolicy:
+        """The version policy in force for ``name`` (``latest 1`` without a readable ``config.pbtxt``)."""
+        config = self._configs.get(name)
+        return config.version_policy if config is not None else VersionPolicy()
+
+    def model_config(self, name: str) -> ModelConfig | None:
+        """The last readable ``config.pbtxt`` of ``name`` (``None`` when it has none)."""
+        return self._configs.get(name)
+
     def refused_versions(self, name: str) -> list[int]:
         """Versions of ``name`` that failed to load (until their files change)."""
         return sorted(v for (n, v) in self._refused if n == name)
@@ -133,7 +166,7 @@ class ModelRegistry:
 
         Args:
             name: model name; may be omitted when one model is served (or ``Settings.model`` is set).
-            version: must equal the served version when given.
+            version: one of the served versions; default: the highest served version.
 
         Raises:
             BadRequest: no name while several models are served, or a non-numeric version.
@@ -163,14 +196,17 @@ class ModelRegistry:
             raise NotFound(f"unknown model {name!r}; served models: {names}")
         if version is not None and version != "":
             try:
-                number = int(version)
-            except (TypeError, ValueError):
-                raise BadRequest(f"version must be a positive integer, got {version!r}") from None
-            if number != served.version:
+                number = parse_version(version)
+            except ValueError as err:
+                raise BadRequest(str(err)) from None
+            versions = self._versions.get(name) or {}
+            if number not in versions:
                 raise NotFound(
-                    f"model {name!r} version {number} is not served; the served version is "
-                    f"{served.version} (only the newest loadable version is loaded)"
+                    f"model {name!r} version {number} is not served; served versions: "
+                    f"{', '.join(map(str, sorted(versions)))} (version_policy "
+                    f"{self.version_policy(name).describe()} in {name}/config.pbtxt)"
                 )
+            return versions[number]
         return served
 
     @contextlib.contextmanager
@@ -227,8 +263,9 @@ class ModelRegistry:
                 await self._task
         for task in list(self._background):
             task.cancel()
-        models, self._models = list(self._models.values()), {}
+        models = [m for versions in self._versions.values() for m in versions.values()]
         models += [m for m in self._retiring if m not in models]
+        self._models, self._versions = {}, {}
         self._retiring.clear()
         await asyncio.gather(*(m.batcher.close(timeout_s) for m in models), return_exceptions=True)
         for m in models:
@@ -264,12 +301,14 @@ class ModelRegistry:
         served = self._models.pop(name, None)
         if served is None:
             raise NotFound(f"model {name!r} is not loaded")
+        versions = self._versions.pop(name, None) or {served.version: served}
         self._unloaded.add(name)
-        with contextlib.suppress(KeyError):
-            self.metrics.model_info.remove(name, str(served.version), served.provider)
+        for m in versions.values():
+            self.metrics.retire_model(name, m.version, m.provider)
         self.metrics.ready.set(1 if self.ready else 0)
-        log.info("model %s version %d unloaded on request", name, served.version)
-        self._retire(served)  # closes once the requests that hold it are answered
+        log.info("model %s version(s) %s unloaded on request", name, sorted(versions))
+        for m in versions.values():
+            self._retire(m)  # closes once the requests that hold it are answered
 
     # ------------------------------------------------------------------------------------------------ internals
 
@@ -304,46 +343,146 @@ class ModelRegistry:
                 log.exception("repository poll failed")
 
     async def _refresh(self, name: str) -> None:
-        """Serve the newest loadable version of ``name`` (no-op when it is already served unchanged)."""
-        current = self._models.get(name)
+        """Serve the versions of ``name`` that the policy selects (no-op when nothing changed)."""
+        config = await asyncio.to_thread(self._read_config, name)
+        policy = config.version_policy if config is not None else VersionPolicy()
         versions = await asyncio.to_thread(list_versions, self.repository, name)
-        complete = 0
-        for version in reversed(versions):
+        fingerprints: dict[int, Fingerprint] = {}
+        for version in versions:
             fp = await asyncio.to_thread(fingerprint, self.repository, name, version)
-            if fp is None:
-                continue  # incomplete (rescom.json is written last): look again next poll
-            complete += 1
-            if current is not None and current.version == version and current.spec.fingerprint == fp:
-                return
-            if (name, version) in self._refused and self._refused[(name, version)] == fp:
-                continue
-            if await self._load(name, version):
-                self._incomplete_reported.discard(name)
-                return
-        if current is None and name not in self._models and not complete:
-            if name not in self._incomplete_reported:  # once, not at every poll
-                self._incomplete_reported.add(name)
-                found = ", ".join(map(str, versions)) or "none"
-                log.warning(
-                    "not serving model %s: no complete version (version folders: %s); a version needs "
-                    "%s/N/model.onnx and %s/N/rescom.json. The other models are not affected; the folder is "
-                    "looked at again at each repository poll (RESCOM_POLL_INTERVAL_S)",
-                    name,
-                    found,
-                    name,
-                    name,
-                )
+            if fp is not None:  # incomplete (rescom.json is written last): look again next poll
+                fingerprints[version] = fp
+        current = self._versions.get(name) or {}
+        chosen = await self._choose(name, policy, config, fingerprints, current)
+        if not chosen:
+            self._report_nothing_served(name, versions, fingerprints, policy, current)
+            return
+        self._incomplete_reported.discard(name)
+        if chosen.keys() != current.keys() or any(chosen[v] is not current[v] for v in chosen):
+            self._swap(name, chosen, current)
 
-    async def _load(self, name: str, version: int) -> bool:
+    async def _choose(
+        self,
+        name: str,
+        policy: VersionPolicy,
+        config: ModelConfig | None,
+        fingerprints: dict[int, Fingerprint],
+        current: dict[int, ServedModel],
+    ) -> dict[int, ServedModel]:
+        """The served set the policy asks for: kept versions reused, new or changed ones loaded."""
+        if policy.kind == "latest":  # a refused version gives its place to the next older one
+            candidates, limit = sorted(fingerprints, reverse=True), policy.num_versions
+        else:
+            candidates, limit = policy.select(fingerprints), len(fingerprints)
+        chosen: dict[int, ServedModel] = {}
+        for version in candidates:
+            if len(chosen) >= limit:
+                break
+            fp = fingerprints[version]
+            kept = current.get(version)
+            if (
+                kept is not None
+                and kept.spec.fingerprint == fp
+                and kept.config_max_batch == _config_batch(config)
+            ):
+                chosen[version] = kept
+                continue
+            if self._refused.get((name, version), ()) == fp:
+                continue
+            loaded = await self._load(name, version, config)
+            if loaded is not None:
+                chosen[version] = loaded
+        return chosen
+
+    def _report_nothing_served(
+        self,
+        name: str,
+        versions: list[int],
+        fingerprints: dict[int, Fingerprint],
+        policy: VersionPolicy,
+        current: dict[int, ServedModel],
+    ) -> None:
+        """Log once why ``name`` has no version to serve now (the versions already served keep serving).
+
+        Versions that the policy selects but that failed to load were logged when refused; nothing more is said.
+        """
+        if name in self._incomplete_reported or policy.select(fingerprints):
+            return
+        self._incomplete_reported.add(name)
+        if current:
+            log.error(
+                "model %s: version_policy %s selects none of the complete versions %s; versions %s keep serving",
+                name,
+                policy.describe(),
+                sorted(fingerprints) or "none",
+                sorted(current),
+            )
+        elif not fingerprints:
+            log.warning(
+                "not serving model %s: no complete version (version folders: %s); a version needs "
+                "%s/N/model.onnx and %s/N/rescom.json. The other models are not affected; the folder is "
+                "looked at again at each repository poll (RESCOM_POLL_INTERVAL_S)",
+                name,
+                ", ".join(map(str, versions)) or "none",
+                name,
+                name,
+            )
+        else:
+            log.warning(
+                "not serving model %s: version_policy %s selects none of the complete versions %s",
+                name,
+                policy.describe(),
+                sorted(fingerprints),
+            )
+
+    def _read_config(self, name: str) -> ModelConfig | None:
+        """``config.pbtxt`` now; an unreadable file keeps the previous one (logged once per error).
+
+        An empty file also keeps the previous one: it is what a poll sees while an editor rewrites the file in
+        place (truncate, then write); an empty file would otherwise mean Triton's defaults (``latest 1``).
+        """
+        try:
+            if name in self._configs and config_path(self.repository, name).read_bytes().strip() == b"":
+                return self._configs[name]
+        except OSError:
+            pass  # no file (or unreadable): read_config says which
+        try:
+            config = read_config(self.repository, name)
+            if config == ModelConfig() and name in self._configs:
+                return self._configs[name]  # emptied between the two reads
+        except ConfigError as err:
+            if self._config_errors.get(name) != str(err):
+                self._config_errors[name] = str(err)
+                log.error(
+                    "ignoring the edit of %s/config.pbtxt, the previous one stays in force: %s", name, err
+                )
+            return self._configs.get(name)
+        self._config_errors.pop(name, None)
+        self._configs[name] = config
+        return config
+
+    def _max_batch(self, spec: ModelSpec, config: ModelConfig | None) -> int:
+        """``config.pbtxt``'s ``max_batch_size`` (else ``rescom.json``'s), capped by an explicit service setting."""
+        model_limit = _config_batch(config) or spec.max_batch_size
+        if "max_batch_size" in self.settings.model_fields_set:
+            return min(model_limit, self.settings.max_batch_size)
+        return model_limit
+
+    async def _load(self, name: str, version: int, config: ModelConfig | None) -> ServedModel | None:
         started = time.perf_counter()
         try:
             spec = await asyncio.to_thread(read_spec, self.repository, name, version)
-            runtime = await asyncio.to_thread(load_runtime, spec, self.options)
+            max_batch = self._max_batch(spec, config)
+            spec = replace(spec, max_batch_size=max_batch)
+            options = replace(self.options, max_batch_size=max_batch)
+            runtime = await asyncio.to_thread(load_runtime, spec, options)
         except (ModelSpecError, ModelLoadError) as err:
-            return self._refuse(name, version, str(err))
+            self._refuse(name, version, str(err))
+            return None
         except Exception as err:  # an unexpected failure in a model must not take the service down
             log.exception("model %s version %d: unexpected error while loading", name, version)
-            return self._refuse(name, version, f"unexpected {type(err).__name__}")
+            self._refuse(name, version, f"unexpected {type(err).__name__}")
+            return None
         batcher = DynamicBatcher(
             runtime.run,
             max_batch_size=runtime.max_batch_size,
@@ -354,18 +493,10 @@ class ModelRegistry:
             workers=runtime.instances,
         )
         await batcher.start()
-        served = ServedModel(spec, runtime, batcher)
-        old = self._models.get(name)
-        self._swap_adaptive(spec)
-        self._models[name] = served  # the swap: requests from now on use the new version
         self._refused.pop((name, version), None)
-        self.metrics.set_model(
-            name, version, runtime.provider, None if old is None else (old.version, old.provider)
-        )
-        self.metrics.ready.set(1 if self.ready else 0)
         log.info(
-            "serving model %s version %d on %s: %d classes, input %s, batch sizes %s, %d x %d ORT threads, "
-            "%s; loaded and warmed in %.2f s%s",
+            "loaded model %s version %d on %s: %d classes, input %s, batch sizes %s, %d x %d ORT threads, "
+            "%s; loaded and warmed in %.2f s",
             name,
             version,
             runtime.provider,
@@ -376,19 +507,44 @@ class ModelRegistry:
             runtime.intra_op_threads,
             "batches padded" if runtime.pad else "batches not padded",
             time.perf_counter() - started,
-            "" if old is None else f"; replaces version {old.version}",
         )
-        if old is not None:
-            self._retire(old)
-        return True
+        return ServedModel(spec, runtime, batcher, config_max_batch=_config_batch(config))
 
-    def _refuse(self, name: str, version: int, reason: str) -> bool:
+    def _swap(self, name: str, chosen: dict[int, ServedModel], current: dict[int, ServedModel]) -> None:
+        """Serve ``chosen`` from now on (one assignment each) and retire the versions that left."""
+        default = chosen[max(chosen)]
+        old_default = self._models.get(name)
+        if old_default is not default:
+            self._swap_adaptive(default.spec)
+        self._versions[name] = chosen
+        self._models[name] = default  # the swap: requests from now on use the new versions
+        leaving = [m for v, m in current.items() if chosen.get(v) is not m]
+        for m in leaving:
+            self.metrics.retire_model(name, m.version, m.provider)
+        for m in chosen.values():
+            self.metrics.set_model(name, m.version, m.provider)
+        self.metrics.ready.set(1 if self.ready else 0)
+        log.info(
+            "serving model %s version(s) %s (default %d, version_policy %s)%s",
+            name,
+            sorted(chosen),
+            default.version,
+            self.version_policy(name).describe(),
+            f"; retiring {sorted(m.version for m in leaving)}" if leaving else "",
+        )
+        for old in leaving:
+            self._retire(old)  # closes once the requests that hold it are answered
+
+    def _refuse(self, name: str, version: int, reason: str) -> None:
         self._refused[(name, version)] = fingerprint(self.repository, name, version)
         self.metrics.load_failures.labels(name).inc()
-        keeps = self._models.get(name)
-        tail = f"; version {keeps.version} keeps serving" if keeps is not None else ""
+        keeps = sorted(self._versions.get(name) or {})
+        tail = ""
+        if len(keeps) == 1:
+            tail = f"; version {keeps[0]} keeps serving"
+        elif keeps:
+            tail = f"; versions {', '.join(map(str, keeps))} keep serving"
         log.error("refusing model %s version %d: %s%s", name, version, reason, tail)
-        return False
 
     def _swap_adaptive(self, spec: ModelSpec) -> None:
         s = self.settings
@@ -433,3 +589,8 @@ class ModelRegistry:
         await old.batcher.close(self.settings.drain_timeout_s)  # empty: every request in it held a lease
         old.runtime.close()
         log.info("model %s version %d retired", old.name, old.version)
+
+
+def _config_batch(config: ModelConfig | None) -> int | None:
+    """``max_batch_size`` of ``config.pbtxt`` (``None`` when absent or 0, i.e. no batching declared)."""
+    return config.max_batch_size if config is not None and config.max_batch_size else None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from rescom.calibration import parse_class_bias, prior_from_counts
-from service.config import MODEL_NAME_PATTERN
+from rescom.model_repository import METADATA_FILE, MODEL_FORMAT, list_models, list_versions, version_path
 
 __all__ = [
     "ModelSpec",
@@ -38,9 +37,7 @@ __all__ = [
     "read_spec",
 ]
 
-METADATA_FILE = "rescom.json"
-FORMAT = "rescom-model/1"
-_VERSION_DIR = re.compile(r"[1-9][0-9]*")
+FORMAT = MODEL_FORMAT
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -124,24 +121,9 @@ class ModelSpec:
         return parse_class_bias(calibration.get("class_bias"), self.num_classes)
 
 
-def list_models(repository: Path) -> list[str]:
-    """Model folders in the repository (names that the service accepts), sorted."""
-    if not repository.is_dir():
-        return []
-    return sorted(p.name for p in repository.iterdir() if p.is_dir() and MODEL_NAME_PATTERN.match(p.name))
-
-
-def list_versions(repository: Path, name: str) -> list[int]:
-    """Version numbers present for ``name``, ascending (numeric folders not starting with 0)."""
-    model_dir = repository / name
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_DIR.fullmatch(p.name))
-
-
 def fingerprint(repository: Path, name: str, version: int) -> Fingerprint | None:
     """(file, mtime_ns, size) of ``rescom.json`` and the graph; ``None`` while the version is incomplete."""
-    vdir = repository / name / str(version)
+    vdir = version_path(repository, name, version)
     meta_path = vdir / METADATA_FILE
     try:
         meta_stat = meta_path.stat()
@@ -169,7 +151,7 @@ def read_spec(repository: Path, name: str, version: int, *, verify_hash: bool = 
         ModelSpecError: with the file and field at fault (relative to the repository).
     """
     where = f"{name}/{version}/{METADATA_FILE}"
-    vdir = repository / name / str(version)
+    vdir = version_path(repository, name, version)
     fp = fingerprint(repository, name, version)
     try:
         meta = json.loads((vdir / METADATA_FILE).read_text())

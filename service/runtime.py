@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from rescom.model_repository import METADATA_FILE
 from service import providers as prov
 from service.config import usable_cpus
 from service.iobinding import BoundRunner
@@ -264,7 +265,7 @@ def _check_graph(spec: ModelSpec, session: ort.InferenceSession) -> None:
         if actual.type != _ORT_TYPES[declared.datatype]:
             raise ModelLoadError(
                 f"{where}: {declared.name!r} is {actual.type} in the graph, {declared.datatype} in "
-                "rescom.json"
+                f"{METADATA_FILE}"
             )
         if len(actual.shape) != len(declared.shape):
             raise ModelLoadError(

@@ -84,7 +84,7 @@ def model_metadata(state: ServiceState, name: str, version: str | None) -> dict[
     c = spec.num_classes
     return {
         "name": served.name,
-        "versions": [str(served.version)],
+        "versions": [str(m.version) for m in state.registry.served_versions(served.name)],
         "platform": PLATFORM,
         "inputs": [{"name": spec.input.name, "datatype": "UINT8", "shape": [-1, *spec.image_shape]}],
         "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, c]} for o in OUTPUTS],
@@ -104,7 +104,7 @@ def model_config(state: ServiceState, name: str, version: str | None) -> dict[st
         "name": served.name,
         "platform": PLATFORM,
         "backend": "onnxruntime",
-        "version_policy": {"latest": {"num_versions": 1}},
+        "version_policy": state.registry.version_policy(served.name).to_json(),
         "max_batch_size": runtime.max_batch_size,
         "input": [
             {

@@ -34,6 +34,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from rescom.model_repository import METADATA_FILE
+
 NUM_CLASSES = 10
 CROP = 32
 MEAN = (0.5, 0.5, 0.5)
@@ -263,7 +265,7 @@ def write_version(
     elif broken is not None:
         raise ValueError(f"unknown breakage {broken!r}")
     (vdir / "model.onnx").write_bytes(data)
-    (vdir / "rescom.json").write_text(json.dumps(meta, indent=2))
+    (vdir / METADATA_FILE).write_text(json.dumps(meta, indent=2))
     config = (
         f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
         f'input [ {{ name: "images" data_type: TYPE_UINT8 dims: [ {CROP}, {CROP}, 3 ] }} ]\n'

@@ -8,10 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rescom.calibration import fit_bias_corrected_temperature
+from rescom.calibration import calibrate_logits, fit_bias_corrected_temperature
 from rescom.config import load_config
 from rescom.data import build_datasets
 from rescom.data.arrays import split_arrays
+from rescom.model_repository import METADATA_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION_DIR = ROOT / "models" / "digits_lt" / "1"
@@ -20,7 +21,7 @@ RECIPE = ROOT / "training" / "configs" / "digits_lt.yaml"
 
 @pytest.fixture(scope="module")
 def bundled():
-    meta = json.loads((VERSION_DIR / "rescom.json").read_text())
+    meta = json.loads((VERSION_DIR / METADATA_FILE).read_text())
     recipe = load_config(RECIPE)
     splits = build_datasets(recipe["data"]["name"], None, **recipe["data"]["kwargs"])
     return meta, recipe, splits
@@ -66,7 +67,14 @@ def test_bundle_reproduces_its_recorded_test_accuracy(bundled):
         [session.run(["logits"], {"images": images[i : i + 100]})[0] for i in range(0, len(images), 100)]
     )
     acc = 100.0 * float(np.mean(logits.argmax(axis=1) == labels))
-    assert acc == pytest.approx(meta["metrics"]["acc"], abs=1e-6)
+    assert acc == pytest.approx(meta["metrics"]["raw"]["top1"], abs=1e-6)
+    # the served figure: argmax of z / T + b (uniform prior), as /predict answers
+    cal = meta["calibration"]
+    served = calibrate_logits(logits, cal["temperature"], cal["class_bias"]).argmax(axis=1)
+    assert 100.0 * float(np.mean(served == labels)) == pytest.approx(
+        meta["metrics"]["served"]["top1"], abs=1e-6
+    )
+    assert meta["metrics"]["thresholds"] == {"many": 50, "few": 20}  # the recipe's eval thresholds
 
 
 def test_bundle_calibration_is_bcts_on_the_validation_split(bundled):

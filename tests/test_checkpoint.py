@@ -77,3 +77,23 @@ def test_missing_and_foreign_files_have_clear_errors(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="expected keys"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_model_from_checkpoint_rebuilds_the_saved_model(tmp_path):
+    """One function maps checkpoint meta to a model (export and evaluation both use it)."""
+    from rescom.checkpoint import model_from_checkpoint
+    from rescom.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=5, proj_dim=8).eval()
+    state = {
+        "model": model.state_dict(),
+        "epoch": 0,
+        "config": {},
+        "meta": {"arch": "resnet20", "arch_kwargs": {}, "num_classes": 5, "proj_dim": 8},
+    }
+    rebuilt = model_from_checkpoint(load_checkpoint(save_checkpoint(state, tmp_path / "best.pt")))
+    x = torch.randn(2, 3, 32, 32)  # [N, 3, H, W]
+    assert not rebuilt.training
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x)["logits"], model(x)["logits"])  # [N, C]

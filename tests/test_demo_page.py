@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 from service_fixtures import CHROMIUM_ARGS, chromium_path, encode, free_port, running_server
 
+from rescom import model_repository as mr
 from rescom.calibration import log_prior, normalize_prior, prior_from_counts, softmax
 from rescom.preprocess import resize_center_crop
 from service.config import Settings
@@ -121,9 +122,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def meta() -> dict[str, Any]:
-    versions = sorted((p for p in (REPO / MODEL).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    data = json.loads((versions[-1] / "rescom.json").read_text())
-    data["_dir"] = versions[-1]
+    version = mr.latest_version(REPO, MODEL)
+    data = mr.read_metadata(REPO, MODEL, version)
+    data["_dir"] = mr.version_path(REPO, MODEL, version)
     return data
 
 
@@ -434,6 +435,11 @@ def test_prior_chart_tracks_the_adaptive_estimate_and_resets(
         c.post(f"/v1/models/{MODEL}/prior/reset").raise_for_status()
         open_page(page, server)
         wait_model_ready(page)
+        # one accuracy figure: the served one (calibrated, uniform prior), and the recipe's thresholds
+        served_top1 = meta["metrics"]["served"]["top1"]
+        assert f"test accuracy {served_top1:.1f} % (as served)" in page.text_content("#model-info")
+        many, few = meta["metrics"]["thresholds"]["many"], meta["metrics"]["thresholds"]["few"]
+        assert f"head n > {many}, medium {few} ≤ n ≤ {many}" in page.text_content("#shot-legend")
         wait_chart_n_seen(page, 0)
         train = chart_marks(page, "train")
         adaptive = chart_marks(page, "adaptive")
@@ -460,6 +466,15 @@ def test_prior_chart_tracks_the_adaptive_estimate_and_resets(
         assert len(adaptive) == num_classes
         np.testing.assert_allclose([m["value"] for m in adaptive], state["adaptive"], rtol=1e-9)
         assert sum(state["adaptive"][7:]) > 0.5  # the estimate moved towards the tail
+        # Label-shift monitoring: KL(adaptive || training prior) on the page equals the API's and the formula.
+        kl = float(np.sum(np.asarray(state["adaptive"]) * np.log(np.asarray(state["adaptive"]) / pi_train)))
+        assert state["kl_adaptive_train"] == pytest.approx(kl, rel=1e-9) and kl > 0.1
+        page.wait_for_function(
+            "kl => Math.abs(Number(document.getElementById('prior-divergence').dataset.kl) - kl) < 1e-9",
+            arg=state["kl_adaptive_train"],
+            timeout=15_000,
+        )
+        assert f"{kl:.3f} nats" in page.text_content("#prior-divergence")
         rows = page.eval_on_selector_all("#prior-table tbody tr", "rs => rs.length")
         assert rows == num_classes
         page.locator(".prior-panel").screenshot(path=str(artifacts / "prior_chart.png"))

@@ -23,6 +23,7 @@ from rescom.evaluation import (
     shifted_prior,
 )
 from rescom.evaluation.report import posterior, top_confusions
+from rescom.model_repository import METADATA_FILE
 
 C, PER_CLASS = 10, 50
 COUNTS = [int(100 * 20 ** (-i / 9)) for i in range(C)]  # digits-LT training counts: 100, 71, ..., 5
@@ -344,7 +345,7 @@ def test_report_of_an_exported_model(tiny_run, tmp_path):
         str(repo / "tiny" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     logits = session.run(["logits"], {"images": images})[0]
-    meta = json.loads((repo / "tiny" / "1" / "rescom.json").read_text())
+    meta = json.loads((repo / "tiny" / "1" / METADATA_FILE).read_text())
     cal = meta["calibration"]
     assert (
         meta["dataset_kwargs"] == onnx_entry["dataset_kwargs"]

@@ -12,6 +12,7 @@ from export.exporter import export_checkpoint, fit_calibration, split_images
 from export.to_onnx import main as to_onnx_main
 from rescom.calibration import fit_bias_corrected_temperature
 from rescom.checkpoint import load_checkpoint
+from rescom.model_repository import METADATA_FILE
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,10 +48,14 @@ def test_parity_is_within_tolerance(exported):
 
 def test_metadata_carries_everything_the_service_needs(exported):
     repo, result, metrics, run_dir = exported
-    meta = json.loads((repo / "digits" / "1" / "rescom.json").read_text())
+    meta = json.loads((repo / "digits" / "1" / METADATA_FILE).read_text())
     assert meta == result.metadata
     assert meta["class_names"] == metrics["class_names"] and meta["class_counts"] == metrics["class_counts"]
-    assert meta["metrics"]["acc"] == pytest.approx(metrics["acc"])
+    # test-split figures: raw argmax reproduces training's accuracy; served = calibrated, uniform prior
+    assert meta["metrics"]["raw"]["top1"] == pytest.approx(metrics["acc"])
+    assert meta["metrics"]["split"] == "test" and set(meta["metrics"]["served"]) >= {"top1", "balanced_acc"}
+    assert meta["metrics"]["thresholds"] == {"many": 50, "few": 20}  # the digits recipe's eval thresholds
+    assert meta["promotion"]["status"] == "live" and meta["promotion"]["gate"]["baseline_version"] is None
     # BCTS (the default): T and the class bias b fitted on the validation split's logits
     cal = meta["calibration"]
     assert cal["method"] == "bcts" and cal["fitted_on"] == "val" and cal["prior"] == "uniform"
@@ -172,5 +177,7 @@ def test_onnx_reproduces_the_recorded_test_accuracy_without_torch(exported, tmp_
         capture_output=True,
         text=True,
     ).stdout
-    assert f"top-1 {metrics['acc']:.2f} %" in out
+    meta = json.loads((repo / "digits" / "1" / METADATA_FILE).read_text())
+    assert f"raw argmax {metrics['acc']:.2f} %" in out
+    assert f"served (calibrated, uniform prior) {meta['metrics']['served']['top1']:.2f} %" in out
     assert "torch imported: False" in out

@@ -33,6 +33,7 @@ TORCH_FREE = [
     "rescom/calibration.py",
     "rescom/preprocess.py",
     "rescom/metrics.py",
+    "rescom/model_repository.py",
 ]
 
 
@@ -66,7 +67,7 @@ def test_shared_modules_import_no_torch_statically(module):
 
 def test_torch_free_modules_load_without_torch():
     code = (
-        "import sys, rescom, rescom.calibration, rescom.preprocess, rescom.metrics\n"
+        "import sys, rescom, rescom.calibration, rescom.preprocess, rescom.metrics, rescom.model_repository\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -501,7 +501,7 @@ def test_many_images_in_one_multipart_request_with_one_bad_names_its_position(se
 
 def test_module_uses_the_bundled_model_when_present(served):
     if (Path(__file__).resolve().parents[1] / "models" / "digits_lt").is_dir():
-        assert served["name"] == "digits_lt" and served["info"]["metrics"]["acc"] > 50
+        assert served["name"] == "digits_lt" and served["info"]["accuracy"]["top1"] > 50
 
 
 @pytest.mark.parametrize("content_type", ["image/png", "application/json", "multipart/form-data; boundary=x"])

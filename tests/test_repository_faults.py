@@ -35,6 +35,7 @@ from service_fixtures import (
     write_version,
 )
 
+from rescom.model_repository import METADATA_FILE
 from service.config import Settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -96,7 +97,7 @@ def _write(repo: Path, name: str, data: bytes, version: int = 1, **meta_changes)
     for key, value in meta_changes.items():
         meta[key] = value
     (vdir / "model.onnx").write_bytes(data)
-    (vdir / "rescom.json").write_text(json.dumps(meta))
+    (vdir / METADATA_FILE).write_text(json.dumps(meta))
     return vdir
 
 
@@ -111,23 +112,23 @@ def _broken_repository(repo: Path) -> dict[str, str]:
     expected["truncated"] = "onnxruntime cannot load the graph"
 
     vdir = _write(repo, "truncated_copy", half)  # rescom.json still hashes the whole file: a partial copy
-    meta = json.loads((vdir / "rescom.json").read_text())
+    meta = json.loads((vdir / METADATA_FILE).read_text())
     meta["onnx"]["sha256"] = hashlib.sha256(full).hexdigest()
-    (vdir / "rescom.json").write_text(json.dumps(meta))
+    (vdir / METADATA_FILE).write_text(json.dumps(meta))
     expected["truncated_copy"] = "does not match onnx.sha256"
 
     twelve = metadata("classes", 1, full, num_classes=12, class_counts=[10] * 12)
     vdir = repo / "classes" / "1"
     vdir.mkdir(parents=True)
     (vdir / "model.onnx").write_bytes(full)
-    (vdir / "rescom.json").write_text(json.dumps(twelve))
+    (vdir / METADATA_FILE).write_text(json.dumps(twelve))
     expected["classes"] = "axis 1 is 10 in the graph, 12 in rescom.json"
 
     data = _tiny_with_tail("symbolic_classes").SerializeToString()
     vdir = repo / "symbolic" / "1"
     vdir.mkdir(parents=True)
     (vdir / "model.onnx").write_bytes(data)
-    (vdir / "rescom.json").write_text(
+    (vdir / METADATA_FILE).write_text(
         json.dumps(metadata("symbolic", 1, data, num_classes=12, class_counts=[10] * 12))
     )
     expected["symbolic"] = "output 'logits' has shape [1, 10] for a batch of 1; expected [1, 12]"
@@ -139,7 +140,7 @@ def _broken_repository(repo: Path) -> dict[str, str]:
     expected["infinite"] = "output 'logits' is not finite"
 
     vdir = _write(repo, "bad_json", full)
-    (vdir / "rescom.json").write_text('{"format": "rescom-model/1", "class_names": [')
+    (vdir / METADATA_FILE).write_text('{"format": "rescom-model/1", "class_names": [')
     expected["bad_json"] = "bad_json/1/rescom.json is not readable JSON"
 
     vdir = _write(repo, "no_graph", full)
@@ -221,7 +222,7 @@ def test_failed_hot_reloads_leave_the_served_version_serving(
         check_still_v1()
 
         vdir = _write(tmp_path, "tiny", full, version=3)
-        (vdir / "rescom.json").write_text("{not json")  # unreadable metadata
+        (vdir / METADATA_FILE).write_text("{not json")  # unreadable metadata
         wait_until(lambda: refused(c, 3), 20, "version 3 to be refused")
         check_still_v1()
 

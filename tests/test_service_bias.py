@@ -23,6 +23,7 @@ from service_fixtures import (
     write_version,
 )
 
+from rescom.model_repository import METADATA_FILE
 from service.config import Settings
 from service.repository import ModelSpecError, read_spec
 
@@ -50,7 +51,7 @@ def _em(a: np.ndarray, alpha: float, iterations: int = 5000) -> np.ndarray:
 
 def _with_bias(repo: Path, name: str, bias: object) -> None:
     write_version(repo, name, 1)
-    path = repo / name / "1" / "rescom.json"
+    path = repo / name / "1" / METADATA_FILE
     meta = json.loads(path.read_text())
     meta["calibration"]["class_bias"] = bias
     path.write_text(json.dumps(meta))

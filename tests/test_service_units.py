@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from service_fixtures import CLASS_COUNTS, random_images, tiny_reference_logits, write_version
 
 from rescom.calibration import em_prior
+from rescom.model_repository import METADATA_FILE
 from service.config import Settings
 from service.errors import PayloadTooLarge, Unprocessable
 from service.images import decode_image
@@ -64,7 +65,7 @@ def test_settings_errors_are_clear(tmp_path: Path, kwargs, fragment):
 
 
 def _edit(repo: Path, change) -> None:
-    path = repo / "tiny" / "1" / "rescom.json"
+    path = repo / "tiny" / "1" / METADATA_FILE
     meta = json.loads(path.read_text())
     change(meta)
     path.write_text(json.dumps(meta))

@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import yaml
 
+from rescom import model_repository as mr
 from rescom.calibration import parse_class_bias, prior_from_counts
 from rescom.checkpoint import to_plain
 from rescom.evaluation import DEFAULT_EM_ALPHA, DEFAULT_SHIFT_FACTORS, SHIFT_KINDS, evaluate_logits
@@ -58,40 +59,35 @@ class LoadedModel:
     predict: Predict
     info: dict[str, Any] = field(default_factory=dict)
     class_bias: list[float] | None = None  # b of BCTS (calibration.class_bias); None = 0
+    thresholds: dict[str, int] | None = None  # Many-shot n > many, Few-shot n < few, as recorded by the model
+
+    def shot_thresholds(self, many: int | None, few: int | None) -> tuple[int, int]:
+        """``(many, few)``: the command line's when given, else the model's recorded ones, else 100 / 20."""
+        recorded = self.thresholds or {}
+        return (
+            many if many is not None else int(recorded.get("many", 100)),
+            few if few is not None else int(recorded.get("few", 20)),
+        )
 
 
 # --- model loading ---------------------------------------------------------------------------------------------
-
-
-def _latest_version(model_dir: Path) -> int:
-    versions = [
-        int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / "rescom.json").is_file()
-    ]
-    if not versions:
-        raise FileNotFoundError(f"{model_dir} has no version folder N/ with a rescom.json")
-    return max(versions)
 
 
 def load_onnx_model(repository: str | Path, name: str, version: int | None = None) -> LoadedModel:
     """``repository/name/version`` (latest when ``None``) as an ONNX Runtime session on the CPU."""
     import onnxruntime as ort
 
-    model_dir = Path(repository) / name
-    if not model_dir.is_dir():
-        found = (
-            sorted(p.name for p in Path(repository).iterdir() if p.is_dir())
-            if Path(repository).is_dir()
-            else []
-        )
+    if not (Path(repository) / name).is_dir():
+        found = mr.list_models(repository)
         raise FileNotFoundError(f"model {name!r} not found in {repository}; models there: {found or 'none'}")
-    version = _latest_version(model_dir) if version is None else int(version)
-    vdir = model_dir / str(version)
-    meta_path = vdir / "rescom.json"
-    if not meta_path.is_file():
+    version = mr.latest_version(repository, name) if version is None else int(version)
+    vdir = mr.version_path(repository, name, version)
+    if not mr.metadata_path(repository, name, version).is_file():
         raise FileNotFoundError(
-            f"{meta_path} not found (versions: {sorted(p.name for p in model_dir.iterdir())})"
+            f"{mr.metadata_path(repository, name, version)} not found (complete versions: "
+            f"{mr.list_versions(repository, name, complete=True)})"
         )
-    meta = json.loads(meta_path.read_text())
+    meta = mr.read_metadata(repository, name, version)
     calibration = meta.get("calibration") or {}
     bias = parse_class_bias(calibration.get("class_bias"), len(meta["class_names"]))
     onnx_path = vdir / (meta.get("onnx") or {}).get("file", "model.onnx")
@@ -114,8 +110,9 @@ def load_onnx_model(repository: str | Path, name: str, version: int | None = Non
         resize=int(pre["resize"]),
         crop=int(pre["crop"]),
         predict=predict,
-        info={"runtime": f"onnxruntime {ort.__version__}", "metrics_at_export": meta.get("metrics")},
+        info={"runtime": f"onnxruntime {ort.__version__}", "metrics_at_export": mr.metrics_summary(meta)},
         class_bias=None if bias is None else bias.tolist(),
+        thresholds=(mr.metrics_summary(meta) or {}).get("thresholds"),
     )
 
 
@@ -123,19 +120,12 @@ def load_torch_model(checkpoint: str | Path) -> LoadedModel:
     """A training checkpoint (``best.pt``) as encoder + classifier in torch on the CPU, normalising in-graph."""
     import torch
 
-    from rescom.checkpoint import load_checkpoint
-    from rescom.models import InferenceModel, create_model
+    from rescom.checkpoint import load_checkpoint, model_from_checkpoint
+    from rescom.models import InferenceModel
 
     state = load_checkpoint(checkpoint)
     meta = state["meta"]
-    model = create_model(
-        meta["arch"],
-        num_classes=meta["num_classes"],
-        proj_dim=meta["proj_dim"],
-        **(meta.get("arch_kwargs") or {}),
-    )
-    model.load_state_dict(state["model"])
-    net = InferenceModel(model.eval()).eval()
+    net = InferenceModel(model_from_checkpoint(state)).eval()
     mean = torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1)
 
@@ -158,15 +148,28 @@ def load_torch_model(checkpoint: str | Path) -> LoadedModel:
         crop=int(meta["crop"]),
         predict=predict,
         info={"runtime": f"torch {torch.__version__}", "metrics_at_training": meta.get("metrics")},
+        thresholds=_config_thresholds(state.get("config") or {}),
     )
+
+
+def _config_thresholds(config: dict[str, Any]) -> dict[str, int] | None:
+    evaluation = config.get("eval") or {}
+    if "many_threshold" not in evaluation or "few_threshold" not in evaluation:
+        return None
+    return {"many": int(evaluation["many_threshold"]), "few": int(evaluation["few_threshold"])}
 
 
 def parse_model_spec(spec: str, default_version: int | None) -> tuple[str, int | None]:
     """``NAME`` or ``NAME:VERSION`` → ``(name, version)``."""
     name, _, version = spec.partition(":")
-    if version and not version.isdigit():
-        raise ValueError(f"--name takes NAME or NAME:VERSION with an integer version, got {spec!r}")
-    return name, int(version) if version else default_version
+    if not version:
+        return name, default_version
+    try:
+        return name, mr.parse_version(version)
+    except ValueError:
+        raise ValueError(
+            f"--name takes NAME or NAME:VERSION with a positive integer version, got {spec!r}"
+        ) from None
 
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -397,9 +400,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N images of the split (smoke tests)")
     p.add_argument("--out", default="report", help="output folder (default: %(default)s)")
     p.add_argument(
-        "--many-threshold", type=int, default=100, help="Many-shot: n > this (default: %(default)s)"
+        "--many-threshold",
+        type=int,
+        help="Many-shot: n > this (default: the model's recorded threshold, else 100)",
     )
-    p.add_argument("--few-threshold", type=int, default=20, help="Few-shot: n < this (default: %(default)s)")
+    p.add_argument(
+        "--few-threshold", type=int, help="Few-shot: n < this (default: the model's recorded one, else 20)"
+    )
     p.add_argument(
         "--em-alpha",
         type=float,
@@ -478,13 +485,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             np.savez_compressed(out_dir / f"{_slug(model.label)}_logits.npz", logits=logits, labels=labels)
         use_train = args.source_prior == "train" or (args.source_prior == "auto" and model.method == "ce")
         source_prior = prior_from_counts(model.class_counts) if use_train else None
+        many, few = model.shot_thresholds(args.many_threshold, args.few_threshold)
         results = evaluate_logits(
             logits,
             labels,
             model.class_counts,
             model.temperature,
-            many_threshold=args.many_threshold,
-            few_threshold=args.few_threshold,
+            many_threshold=many,
+            few_threshold=few,
             em_alpha=args.em_alpha,
             n_bins=args.bins,
             top_k=args.top_confusions,

@@ -41,6 +41,7 @@ from benchmarks.serving.reference import measure_reference  # noqa: E402
 from benchmarks.serving.servers import SERVERS, RunningServer, ServerSpec, start_server  # noqa: E402
 from benchmarks.serving.workload import Image, load_images, write_wrk_requests  # noqa: E402
 from benchmarks.serving.wrk import run_wrk, wrk_version  # noqa: E402
+from rescom import model_repository as mr  # noqa: E402
 
 VERSION_PACKAGES = {
     "rescom": ["fastapi", "uvicorn", "onnxruntime", "numpy", "pillow"],
@@ -77,12 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def newest_version(model_root: Path) -> Path:
     """``model_root/N`` with the largest N that holds a model.onnx."""
-    versions = sorted(
-        (int(p.name), p) for p in model_root.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file()
-    )
+    versions = [
+        v
+        for v in mr.list_versions(model_root.parent, model_root.name)
+        if (mr.version_path(model_root.parent, model_root.name, v) / "model.onnx").is_file()
+    ]
     if not versions:
         raise SystemExit(f"no version with model.onnx under {model_root}; run `make bundle-model` first")
-    return versions[-1][1]
+    return mr.version_path(model_root.parent, model_root.name, versions[-1])
 
 
 def children_cpu_seconds() -> float:

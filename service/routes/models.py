@@ -1,9 +1,12 @@
 """``/v1/models``: what is served, and the adaptive prior of each model.
 
-- ``GET /v1/models``: every model in the repository: served version, provider, classes, input, metrics, T.
+- ``GET /v1/models``: every model in the repository: served versions (``version`` is the default one, reached
+  without ``?version=``), the version policy, provider, classes, input, accuracy (``accuracy``: the served
+  figure, calibrated with a uniform prior, when recorded), Many/Few thresholds, T, label-shift divergence.
 - ``GET /v1/models/{name}``: one of them.
 - ``GET /v1/models/{name}/prior``: training prior, the adaptive EM estimate (recomputed if anything new was
-  observed), window size and number of images seen.
+  observed), ``kl_adaptive_train`` = KL(adaptive ‖ training prior) in nats, ``prediction_share`` per class
+  (:mod:`service.label_shift`), window size and number of images seen.
 - ``POST`` or ``DELETE /v1/models/{name}/prior/reset``: forget the window and the estimate.
 """
 
@@ -14,8 +17,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from rescom.model_repository import metrics_summary
 from service.auth import require_api_key
 from service.errors import NotFound
+from service.label_shift import label_shift
 from service.registry import ServedModel
 from service.responses import json_response
 from service.state import ServiceState, get_state
@@ -28,13 +33,24 @@ router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(r
 def _describe(state: ServiceState, name: str) -> dict[str, Any]:
     served: ServedModel | None = next((m for m in state.registry.served() if m.name == name), None)
     refused = state.registry.refused_versions(name)
+    policy = state.registry.version_policy(name).describe()
     if served is None:
-        return {"name": name, "ready": False, "version": None, "refused_versions": refused}
+        return {
+            "name": name,
+            "ready": False,
+            "version": None,
+            "versions": [],
+            "version_policy": policy,
+            "refused_versions": refused,
+        }
     spec, runtime = served.spec, served.runtime
+    summary = metrics_summary(spec.metadata) or {}
     return {
         "name": name,
         "ready": not state.draining,
         "version": served.version,
+        "versions": [m.version for m in state.registry.served_versions(name)],
+        "version_policy": policy,
         "refused_versions": refused,
         "provider": served.provider,
         "platform": "onnxruntime_onnx",
@@ -52,6 +68,14 @@ def _describe(state: ServiceState, name: str) -> dict[str, Any]:
         "class_bias": None if spec.class_bias is None else spec.class_bias.tolist(),
         "default_prior": spec.default_prior,
         "metrics": spec.metrics,
+        "accuracy": {
+            "top1": summary.get("headline"),
+            "kind": summary.get("headline_kind"),
+            "served": summary.get("served"),
+            "raw": summary.get("raw"),
+        },
+        "shot_thresholds": summary.get("thresholds"),
+        "promotion": spec.metadata.get("promotion"),
         "max_batch_size": runtime.max_batch_size,
         "batch_sizes": list(runtime.buckets),
         "instances": runtime.instances,
@@ -87,6 +111,7 @@ async def get_prior(request: Request, name: str) -> Response:
     served = state.registry.get(name)
     adaptive = state.registry.adaptive(name)
     estimate = await adaptive.estimate(force=True)
+    shift = await label_shift(adaptive, served.spec.train_prior)
     return json_response(
         {
             "model": name,
@@ -94,6 +119,8 @@ async def get_prior(request: Request, name: str) -> Response:
             "class_names": list(served.spec.class_names),
             "train": served.spec.train_prior.tolist(),
             "adaptive": estimate.tolist(),
+            "kl_adaptive_train": shift.kl,
+            "prediction_share": shift.prediction_share.tolist(),
             "temperature": adaptive.temperature,
             **adaptive.snapshot(),
         }

@@ -196,7 +196,12 @@ function renderModelInfo() {
   if (m.method) parts.push(m.method);
   if (m.architecture?.arch) parts.push(m.architecture.arch);
   if (m.dataset) parts.push(`trained on ${m.dataset}`);
-  if (m.metrics && Number.isFinite(m.metrics.acc)) parts.push(`test accuracy ${m.metrics.acc.toFixed(1)} %`);
+  const acc = m.accuracy;
+  if (acc && Number.isFinite(acc.top1)) {
+    // The served figure (calibrated, uniform prior) when the export recorded it; older exports: raw argmax.
+    const how = acc.kind === "served" ? "as served" : "raw argmax";
+    parts.push(`test accuracy ${acc.top1.toFixed(1)} % (${how})`);
+  }
   $("model-info").textContent = parts.join(" · ");
 }
 
@@ -517,6 +522,11 @@ function renderPriorStats(data) {
   $("prior-stats").textContent =
     `${data.n_seen} images seen · window ${data.window_filled} / ${data.window_size} · ` +
     `EM iterations ${data.em_iterations} · refreshed ${time}`;
+  const kl = data.kl_adaptive_train;
+  $("prior-divergence").textContent = Number.isFinite(kl)
+    ? `Label shift: KL(adaptive ‖ training π) = ${kl.toFixed(3)} nats`
+    : "";
+  $("prior-divergence").dataset.kl = Number.isFinite(kl) ? String(kl) : "";
   $("prior-stats").dataset.nSeen = String(data.n_seen);
 }
 

@@ -28,6 +28,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from rescom.calibration import calibrated_probs, prior_from_counts
+from rescom.model_repository import METADATA_FILE
 from rescom.preprocess import resize_center_crop
 
 __all__ = ["AppSettings", "BatchCounter", "Pipeline"]
@@ -98,7 +99,7 @@ class Pipeline:
     """
 
     def __init__(self, settings: AppSettings) -> None:
-        meta = json.loads((settings.model_dir / "rescom.json").read_text())
+        meta = json.loads((settings.model_dir / METADATA_FILE).read_text())
         self.name: str = meta["name"]
         self.version: int = int(meta["version"])
         self.class_names: list[str] = list(meta["class_names"])
