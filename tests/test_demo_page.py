@@ -27,10 +27,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service_fixtures import CHROMIUM_ARGS, chromium_path, encode, free_port, running_server
 
 from rescom.calibration import log_prior, normalize_prior, prior_from_counts, softmax
 from rescom.preprocess import resize_center_crop
+from rescom_dev.browser import CHROMIUM_ARGS, chromium_path
+from rescom_dev.images import encode
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

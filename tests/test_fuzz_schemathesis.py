@@ -21,8 +21,8 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402 (hypothesis comes with schemathesis)
 from reliability_helpers import leaks, model_repository  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
-from service_fixtures import free_port, running_server  # noqa: E402
 
+from rescom_dev.servers import free_port, running_server  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.main import create_app  # noqa: E402
 

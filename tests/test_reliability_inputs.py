@@ -34,9 +34,11 @@ from reliability_helpers import (
     probs_of,
     wait_until,
 )
-from service_fixtures import encode, free_port, metric_value, running_server
 
 from rescom.calibration import softmax
+from rescom_dev.images import encode
+from rescom_dev.prometheus import metric_value
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 
 pytestmark = pytest.mark.timeout(120)

@@ -24,17 +24,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from reliability_helpers import assert_clean_error, wait_until
-from service_fixtures import (
-    build_model,
-    encode,
-    free_port,
-    metadata,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    write_version,
-)
 
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import build_model, metadata, tiny_reference_logits, write_version
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 
 pytestmark = pytest.mark.timeout(120)

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reliability_helpers import ROOT, leaks, model_repository, service_process
-from service_fixtures import encode, free_port, metric_value, random_images, running_server
+from reliability_helpers import ROOT, leaks, model_repository
 from starlette.routing import Route
 
+from rescom_dev.images import encode, random_images
+from rescom_dev.prometheus import metric_value
+from rescom_dev.servers import free_port, running_server, service_process
 from service import auth
 from service.config import Settings
 from service.main import create_app

@@ -18,19 +18,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service_fixtures import (
-    TEMPERATURE,
-    encode,
-    free_port,
-    metric_value,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    wait_metric,
-    write_version,
-)
 
 from rescom.calibration import calibrated_probs, em_prior, prior_from_counts
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import TEMPERATURE, tiny_reference_logits, write_version
+from rescom_dev.prometheus import metric_value, wait_metric
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 from service.main import begin_drain, create_app
 

@@ -1,6 +1,6 @@
 """A model whose metadata carries a BCTS class bias ``b`` is served ``softmax(z / T + b + log π)`` for every prior.
 
-A real ONNX test model (``tests/service_fixtures.py``) behind a real uvicorn server; the expected posteriors are
+A real ONNX test model (``rescom_dev/onnx_models.py``) behind a real uvicorn server; the expected posteriors are
 numpy on the model's own logits (the v2 ``logits`` output), so nothing is mocked.
 """
 
@@ -12,17 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import (
-    CLASS_COUNTS,
-    NUM_CLASSES,
-    TEMPERATURE,
-    encode,
-    free_port,
-    random_images,
-    running_server,
-    write_version,
-)
 
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import CLASS_COUNTS, NUM_CLASSES, TEMPERATURE, write_version
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 from service.repository import ModelSpecError, read_spec
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import encode, free_port, random_images, running_server
 
 from rescom.calibration import calibrated_probs
+from rescom_dev.images import encode, random_images
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 
 pytestmark = pytest.mark.timeout(180)

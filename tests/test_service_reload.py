@@ -15,15 +15,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import (
-    encode,
-    free_port,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    write_version,
-)
 
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import tiny_reference_logits, write_version
+from rescom_dev.servers import free_port, running_server, service_command
 from service.config import Settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -152,7 +147,7 @@ def test_several_models_need_a_name(tmp_path: Path):
 
 def _serve(repo: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "service", "--model-repository", str(repo), "--port", str(port), *extra],
+        service_command(repo, port, *extra),
         cwd=ROOT,
         env={**os.environ, "RESCOM_LOG_LEVEL": "warning", **(env or {})},
         stdout=subprocess.PIPE,

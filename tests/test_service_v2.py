@@ -7,19 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from service_fixtures import (
-    CLASS_COUNTS,
-    TEMPERATURE,
-    free_port,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    wait_metric,
-)
-from service_fixtures import write_version as write_model
 from tritonclient.utils import InferenceServerException
 
 from rescom.calibration import calibrated_probs, prior_from_counts
+from rescom_dev.images import random_images
+from rescom_dev.onnx_models import CLASS_COUNTS, TEMPERATURE, tiny_reference_logits
+from rescom_dev.onnx_models import write_version as write_model
+from rescom_dev.prometheus import wait_metric
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 
 pytestmark = pytest.mark.timeout(120)
