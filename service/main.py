@@ -17,8 +17,8 @@ from fastapi import FastAPI
 
 from rescom import __version__
 from service.config import Settings, get_settings
+from service.error_handlers import install_error_handlers
 from service.fastpath import PredictFastPath
-from service.handlers import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware, MetricsMiddleware
 from service.registry import ModelRegistry
