@@ -80,14 +80,6 @@ def probs_of(prediction: dict, num_classes: int) -> np.ndarray:
     return p
 
 
-def ready(url: str) -> int | None:
-    """Status of ``GET /health/ready``, ``None`` when nothing answers."""
-    try:
-        return httpx.get(url + "/health/ready", timeout=2).status_code
-    except httpx.TransportError:
-        return None
-
-
 def wait_until(predicate, timeout: float, what: str):
     """Poll ``predicate`` every 20 ms until it returns something truthy."""
     deadline = time.monotonic() + timeout
