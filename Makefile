@@ -94,6 +94,14 @@ docs-figures: setup  ## regenerate docs/evaluation/*.png (bundled model) and doc
 		runs/docs-report/digits_lt_1_label_shift.png docs/evaluation/
 	$(BIN)/python scripts/demo_screenshots.py --out docs/screenshots
 
+.PHONY: typecheck docstyle
+
+typecheck: setup  ## mypy on service/ and the torch-free part of rescom/ ([tool.mypy]; not yet in `make lint`)
+	$(BIN)/mypy
+
+docstyle: setup  ## ruff pydocstyle (Google convention) on rescom/, service/, export/ (not yet in `make lint`)
+	$(BIN)/ruff check --select D --config 'lint.pydocstyle.convention="google"' rescom service export
+
 clean:  ## remove caches and run outputs (keeps the venvs)
 	rm -rf runs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
