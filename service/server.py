@@ -27,6 +27,7 @@ import signal
 import socket
 import time
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -124,8 +125,10 @@ class DrainingServer(uvicorn.Server):
         """Hand every connection waiting in the listeners' accept queues to the protocol, synchronously (no
         await between the last accept and the listener closing, so nothing can slip in between and be reset)."""
         loop = asyncio.get_running_loop()
+        # Typed as asyncio.Protocol, but uvicorn's protocol classes take these keyword arguments.
+        protocol_class: Any = self.config.http_protocol_class
         factory = functools.partial(
-            self.config.http_protocol_class,  # type: ignore[arg-type]
+            protocol_class,
             config=self.config,
             server_state=self.server_state,
             app_state=self.lifespan.state,
