@@ -162,3 +162,15 @@ def running_server(settings: Any, app: Any = None, ready_timeout: float = 30.0) 
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def local_settings(repo: Path, **overrides: Any) -> Any:
+    """``service.config.Settings`` for a test server: ``repo`` served on 127.0.0.1 and a free port.
+
+    Defaults: no repository polling (``poll_interval_s=0``), warnings only; ``overrides`` replace any of them or
+    set other fields (e.g. ``model="digits_lt"``, ``max_body_bytes=1 << 20``).
+    """
+    from service.config import Settings
+
+    values: dict[str, Any] = {"port": free_port(), "poll_interval_s": 0, "log_level": "warning", **overrides}
+    return Settings(model_repository=repo, **values)

@@ -38,8 +38,7 @@ from reliability_helpers import (
 from rescom.calibration import softmax
 from rescom_dev.images import encode
 from rescom_dev.prometheus import metric_value
-from rescom_dev.servers import free_port, running_server
-from service.config import Settings
+from rescom_dev.servers import local_settings, running_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,13 +48,8 @@ BODY_LIMIT = 1 << 20
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     repo, name = model_repository(tmp_path_factory.mktemp("models"))
-    settings = Settings(
-        model_repository=repo,
-        model=name,
-        port=free_port(),
-        poll_interval_s=0,
-        max_body_bytes=BODY_LIMIT,
-        log_level="warning",
+    settings = local_settings(
+        repo, model=name, max_body_bytes=BODY_LIMIT
     )  # max_image_pixels stays at its default (25 MP)
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
         info = client.get(f"/v1/models/{name}").json()

@@ -15,7 +15,7 @@ import pytest
 
 from rescom_dev.images import encode, random_images
 from rescom_dev.onnx_models import CLASS_COUNTS, NUM_CLASSES, TEMPERATURE, write_version
-from rescom_dev.servers import free_port, running_server
+from rescom_dev.servers import local_settings, running_server
 from service.config import Settings
 from service.repository import ModelSpecError, read_spec
 
@@ -53,7 +53,7 @@ def _with_bias(repo: Path, name: str, bias: object) -> None:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     repo = tmp_path_factory.mktemp("models")
     _with_bias(repo, "biased", BIAS.tolist())
-    return Settings(model_repository=repo, port=free_port(), poll_interval_s=0, log_level="warning")
+    return local_settings(repo)
 
 
 @pytest.fixture(scope="module")
