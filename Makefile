@@ -2,13 +2,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
+KSERVE_VENV ?= .venv-kserve
+GPU_VENV ?= .venv-gpu
 BIN := $(VENV)/bin
 SERVE_BIN := $(SERVE_VENV)/bin
+GPU_BIN := $(GPU_VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-serve serve test lint format train-digits export-digits bundle-model gpu-check bench-train bench-serve bench-serving evaluate-digits clean
+.PHONY: help setup setup-serve setup-gpu kserve-client grpc-descriptors serve test lint format train-digits export-digits bundle-model gpu-check gpu-check-dry-run bench-train bench-serve bench-serving evaluate-digits clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,14 +28,40 @@ $(SERVE_BIN)/.installed: pyproject.toml
 	$(SERVE_BIN)/python -m pip install -q -e '.[serve]'
 	touch $@
 
+# onnxruntime-gpu and onnxruntime share the `onnxruntime` module (the last one installed silently wins), so the
+# GPU service gets its own environment: .[serve-gpu] only, no torch, no plain onnxruntime.
+$(GPU_BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_BIN)/python -m pip install -q --upgrade pip
+	$(GPU_BIN)/python -m pip install -q -e '.[serve-gpu]'
+	$(GPU_BIN)/python -c "import importlib.metadata as m, sys; \
+		names = {(d.metadata['Name'] or '').lower() for d in m.distributions()}; \
+		sys.exit('onnxruntime and onnxruntime-gpu both installed in $(GPU_VENV)' if 'onnxruntime' in names else 0)"
+	touch $@
+
 setup: $(BIN)/.installed  ## create .venv with everything (train, export, serve, dev tools)
 
+$(KSERVE_VENV)/.installed: requirements/kserve-client.txt
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install -q -r requirements/kserve-client.txt
+	touch $@
+
+kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python client in its own venv .venv-kserve (the tests use it)
+
+grpc-descriptors: setup kserve-client  ## regenerate the gRPC descriptor sets in service/protocols/
+	$(KSERVE_VENV)/bin/python -m grpc_tools.protoc -Iservice/protocols \
+		--descriptor_set_out=service/protocols/grpc_predict_v2.desc grpc_predict_v2.proto
+	$(BIN)/python scripts/triton_descriptors.py
+
 setup-serve: $(SERVE_BIN)/.installed  ## create .venv-serve with the service only (no torch)
+
+setup-gpu: $(GPU_BIN)/.installed  ## create .venv-gpu: the service on onnxruntime-gpu (CUDA 13 wheels), no torch
 
 serve: setup-serve  ## run the API on the bundled default model (models/digits_lt) at http://$(HOST):$(PORT)
 	$(SERVE_BIN)/python -m service --model-repository models --host $(HOST) --port $(PORT)
 
-test: setup  ## run the test suite
+test: setup kserve-client  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup  ## ruff lint + format check
@@ -55,15 +84,18 @@ bundle-model: setup  ## rebuild the bundled default model (models/digits_lt/1) e
 	$(BIN)/python export/to_onnx.py --checkpoint runs/bundle/best.pt --model-repository models --name digits_lt \
 		--version 1 --force
 
-gpu-check:  ## on a CUDA machine: AMP/DDP training steps, CUDA execution provider, service throughput
-	bash scripts/gpu_check.sh
+gpu-check: setup setup-gpu  ## on a CUDA machine: AMP/DDP training, iNat-scale loss, ORT-CUDA service vs raw -> benchmarks/results/gpu.md
+	PYTHON=$(BIN)/python GPU_PYTHON=$(GPU_BIN)/python bash scripts/gpu_check.sh
+
+gpu-check-dry-run: setup  ## the GPU check's commands, flags and imports on the CPU (what CI runs)
+	PYTHON=$(BIN)/python bash scripts/gpu_check.sh --dry-run
 
 bench-train: setup  ## ResCom step overhead vs CE, and iNaturalist-scale loss memory
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/loss_scale.py
 
 bench-serve: setup  ## load benchmark of the service vs raw ONNX Runtime
-	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/serve_load.py --json benchmarks/results/serve_load.json
 
 bench-serving: setup  ## side by side: our service vs Mosec, LitServe, BentoML, PyTriton (needs `apt-get install wrk`)
 	$(BIN)/python benchmarks/serving/run_all.py
@@ -81,8 +113,8 @@ results-train: setup  ## digits-LT methods + wall time, ResCom step overhead, iN
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/loss_scale.py
 
-results-serve: setup  ## service load, overload and hostile-client benchmarks, the side-by-side serving comparison
-	$(BIN)/python benchmarks/serve_load.py
+results-serve: setup  ## service load vs raw ONNX Runtime, overload, the side-by-side serving comparison
+	$(BIN)/python benchmarks/serve_load.py --json benchmarks/results/serve_load.json
 	$(BIN)/python benchmarks/overload.py --json benchmarks/results/overload.json
 	$(BIN)/python benchmarks/serving/run_all.py
 

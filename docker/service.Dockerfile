@@ -67,7 +67,7 @@ LABEL org.opencontainers.image.title="rescom-serve" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 USER ${RESCOM_UID}:${RESCOM_UID}
-EXPOSE 8000
+EXPOSE 8000 8001
 # /health/ready is 503 until every model is loaded and warmed; slim images have no curl, so use Python.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('RESCOM_PORT', '8000'), timeout=2)"]

@@ -20,8 +20,11 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -32,14 +35,18 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "concat_all_gather",
+    "concat_all_gather_many",
     "destroy_distributed",
+    "get_backend",
     "get_local_rank",
     "get_rank",
     "get_world_size",
     "init_distributed",
     "is_distributed",
     "is_main",
+    "process_group_kwargs",
     "read_env",
+    "select_backend",
 ]
 
 
@@ -51,25 +58,37 @@ class DistEnv:
         rank: Global rank of this process (``RANK``), 0 when not launched by torchrun.
         world_size: Number of processes (``WORLD_SIZE``), 1 when not launched by torchrun.
         local_rank: Rank on this node (``LOCAL_RANK``), used to pick the GPU; 0 when absent.
+        local_world_size: Processes on this node (``LOCAL_WORLD_SIZE``); ``world_size`` when absent.
     """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int | None = None
+
+    @property
+    def processes_on_node(self) -> int:
+        """``local_world_size``, or ``world_size`` when the launcher did not say (one node)."""
+        return self.local_world_size if self.local_world_size is not None else self.world_size
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_opt_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None or value == "":
-        return default
+        return None
     try:
         return int(value)
     except ValueError:
         raise ValueError(f"environment variable {name}={value!r} must be an integer (set by torchrun)")
 
 
+def _env_int(name: str, default: int) -> int:
+    value = _env_opt_int(name)
+    return default if value is None else value
+
+
 def read_env() -> DistEnv:
-    """Read the torchrun variables ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``.
+    """Read the torchrun variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``.
 
     Returns:
         The placement; a single process (rank 0 of 1) when the variables are absent.
@@ -80,12 +99,19 @@ def read_env() -> DistEnv:
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+    local_world = _env_opt_int("LOCAL_WORLD_SIZE")
+    if (
+        world_size < 1
+        or not 0 <= rank < world_size
+        or local_rank < 0
+        or (local_world is not None and not local_rank < local_world <= world_size)
+    ):
         raise ValueError(
-            f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}; "
-            "expected WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0"
+            f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}, "
+            f"LOCAL_WORLD_SIZE={local_world}; expected WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE, "
+            "0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE"
         )
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank)
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_world)
 
 
 def is_distributed() -> bool:
@@ -93,40 +119,99 @@ def is_distributed() -> bool:
     return tdist.is_available() and tdist.is_initialized()
 
 
-def init_distributed(backend: str | None = None) -> DistEnv:
+def select_backend(
+    device: str | torch.device | None, processes_on_node: int = 1, gpus_on_node: int | None = None
+) -> str:
+    """The process-group backend for the training device: NCCL for CUDA, gloo for the CPU.
+
+    NCCL needs its own GPU per process; with more processes on a node than GPUs (e.g. two ranks on one GPU,
+    as ``scripts/gpu_check.sh`` runs them) gloo is used instead, which all-reduces CUDA tensors too.
+
+    Args:
+        device: The training device (``--device``): ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or ``None``
+            (= ``"auto"``: CUDA when available).
+        processes_on_node: Ranks on this node (``LOCAL_WORLD_SIZE``).
+        gpus_on_node: Visible CUDA devices; ``None`` asks torch.
+
+    Returns:
+        ``"nccl"`` or ``"gloo"``.
+    """
+    spec = "auto" if device is None else str(device)
+    if spec == "auto":
+        on_cuda = torch.cuda.is_available()
+    else:
+        try:
+            on_cuda = torch.device(spec).type == "cuda"
+        except RuntimeError:
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    if not on_cuda:
+        return "gloo"
+    gpus = torch.cuda.device_count() if gpus_on_node is None else gpus_on_node
+    return "nccl" if processes_on_node <= gpus else "gloo"
+
+
+def init_distributed(backend: str | None = None, device: str | torch.device | None = None) -> DistEnv:
     """Join the process group announced by torchrun, or do nothing for a single process.
 
     The group is initialised only when ``WORLD_SIZE > 1``; with one process every collective in this module
     passes its input through. Calling it again after the group exists is a no-op.
 
     Args:
-        backend: ``"nccl"`` or ``"gloo"``; ``None`` picks ``"nccl"`` when CUDA is available, else ``"gloo"``.
-            With NCCL the current CUDA device is set to ``LOCAL_RANK`` (modulo the visible devices).
+        backend: ``"nccl"`` or ``"gloo"``; ``None`` picks it from ``device`` (:func:`select_backend`), so
+            ``--device cpu`` uses gloo even on a machine with CUDA.
+        device: The training device (``auto``, ``cpu``, ``cuda``, ``cuda:N``); ``None`` means ``auto``.
+            With NCCL the current CUDA device is set to ``LOCAL_RANK`` (modulo the visible devices) and passed
+            to ``init_process_group`` as ``device_id`` (eager NCCL communicator on the right GPU).
 
     Returns:
         The placement of this process.
 
     Raises:
-        ValueError: If the torchrun variables are invalid or ``backend`` is unknown.
+        ValueError: If the torchrun variables are invalid or ``backend``/``device`` is unknown.
         RuntimeError: If ``torch.distributed`` is not available in this build of torch.
     """
     env = read_env()
     if is_distributed():
-        return DistEnv(rank=tdist.get_rank(), world_size=tdist.get_world_size(), local_rank=env.local_rank)
+        return DistEnv(tdist.get_rank(), tdist.get_world_size(), env.local_rank, env.local_world_size)
+    if backend not in (None, "nccl", "gloo"):
+        raise ValueError(f"backend must be 'nccl', 'gloo' or None (auto), got {backend!r}")
     if env.world_size == 1:
         return env
     if not tdist.is_available():
         raise RuntimeError(
             f"WORLD_SIZE={env.world_size} but this torch build has no torch.distributed support"
         )
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend not in ("nccl", "gloo"):
-        raise ValueError(f"backend must be 'nccl', 'gloo' or None (auto), got {backend!r}")
-    if backend == "nccl":
-        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
-    tdist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size)
+    backend = backend or select_backend(device, env.processes_on_node)
+    gpus = torch.cuda.device_count() if backend == "nccl" else 0
+    kwargs = process_group_kwargs(backend, env, gpus)
+    if "device_id" in kwargs:
+        torch.cuda.set_device(kwargs["device_id"])
+    tdist.init_process_group(**kwargs)
     return env
+
+
+def process_group_kwargs(backend: str, env: DistEnv, gpus: int) -> dict[str, Any]:
+    """Arguments of ``torch.distributed.init_process_group`` for this rank.
+
+    With NCCL, ``device_id`` is this rank's GPU (``LOCAL_RANK`` modulo ``gpus``): the communicator is bound
+    to it eagerly, instead of NCCL guessing the device at the first collective.
+
+    Raises:
+        ValueError: NCCL without a visible GPU.
+    """
+    kwargs: dict[str, Any] = {
+        "backend": backend,
+        "init_method": "env://",
+        "rank": env.rank,
+        "world_size": env.world_size,
+    }
+    if backend == "nccl":
+        if gpus < 1:
+            raise ValueError(
+                "backend nccl needs a CUDA device, but none is visible; use gloo or --device cpu"
+            )
+        kwargs["device_id"] = torch.device("cuda", env.local_rank % gpus)
+    return kwargs
 
 
 def destroy_distributed() -> None:
@@ -150,6 +235,11 @@ def get_local_rank() -> int:
     return read_env().local_rank
 
 
+def get_backend() -> str | None:
+    """The backend of the process group (``"nccl"``, ``"gloo"``), ``None`` without one."""
+    return str(tdist.get_backend()) if is_distributed() else None
+
+
 def is_main() -> bool:
     """Whether this is rank 0, the process that writes files and logs."""
     return get_rank() == 0
@@ -161,41 +251,101 @@ def barrier() -> None:
         tdist.barrier()
 
 
+def _row_bytes(tensor: torch.Tensor) -> int:
+    """Bytes in one row (everything after dim 0) of ``tensor``."""
+    return math.prod(tensor.shape[1:]) * tensor.element_size()
+
+
+def _to_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """``[n, ...]`` of any dtype -> ``[n, row_bytes]`` uint8, a reinterpretation of the same bytes."""
+    n, width = tensor.shape[0], math.prod(tensor.shape[1:])
+    rows = tensor.detach().reshape(n, width).contiguous()  # [n, m]
+    if width == 0:
+        return torch.empty(n, 0, dtype=torch.uint8, device=tensor.device)
+    return rows.view(torch.uint8)  # [n, m * itemsize]
+
+
+def _from_bytes(data: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_to_bytes`: ``[N, row_bytes]`` uint8 -> ``[N, ...]`` with the dtype of ``like``."""
+    if data.shape[1] == 0:
+        return torch.empty(data.shape[0], *like.shape[1:], dtype=like.dtype, device=data.device)
+    return data.contiguous().view(like.dtype).reshape(data.shape[0], *like.shape[1:])
+
+
+def _gather_rows(packed: torch.Tensor, world: int) -> list[torch.Tensor]:
+    parts = [torch.empty_like(packed) for _ in range(world)]
+    tdist.all_gather(parts, packed)
+    return parts
+
+
 @torch.no_grad()
-def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
+def concat_all_gather_many(
+    tensors: Sequence[torch.Tensor], *, equal_sizes: bool = False
+) -> list[torch.Tensor]:
+    """:func:`concat_all_gather` of several tensors with the same first dimension, in ONE collective.
+
+    The rows of all tensors are packed byte-wise into one ``[n, bytes]`` uint8 buffer (any dtypes), gathered
+    once, and unpacked. The class-balanced queue uses it for its keys and labels.
+
+    Args:
+        tensors: ``[n_r, ...]`` each, same ``n_r`` within a rank, same device; dtypes and trailing shapes equal
+            on every rank.
+        equal_sizes: Promise that every rank holds the same ``n_r`` (true for training batches, which
+            ``DistributedSampler`` makes equal): skips the size exchange and its host synchronisation. With
+            unequal sizes and this promise the collective fails or hangs, so pass it only when it holds.
+
+    Returns:
+        ``[sum_r n_r, ...]`` for each input, detached, in rank order.
+    """
+    if not tensors:
+        return []
+    n = tensors[0].shape[0] if tensors[0].dim() else None
+    if any(t.dim() == 0 for t in tensors) or any(t.shape[0] != n for t in tensors):
+        shapes = [list(t.shape) for t in tensors]
+        raise ValueError(f"concat_all_gather needs tensors of equal first dimension, got shapes {shapes}")
+    if not is_distributed() or tdist.get_world_size() == 1:
+        return [t.detach() for t in tensors]
+    world = tdist.get_world_size()
+    packed = torch.cat([_to_bytes(t) for t in tensors], dim=1)  # [n, row_bytes]
+    if equal_sizes:
+        gathered = torch.cat(_gather_rows(packed, world))  # [world * n, row_bytes]
+    else:
+        size = torch.tensor([packed.shape[0]], device=packed.device, dtype=torch.long)
+        sizes = [torch.empty_like(size) for _ in range(world)]
+        tdist.all_gather(sizes, size)
+        counts = torch.cat(sizes).tolist()  # one host sync: the receive buffers need the sizes
+        longest = max(counts)
+        if packed.shape[0] < longest:
+            packed = torch.cat([packed, packed.new_zeros(longest - packed.shape[0], packed.shape[1])])
+        parts = _gather_rows(packed, world)  # [longest, row_bytes] each
+        gathered = torch.cat([part[:c] for part, c in zip(parts, counts, strict=True)])
+    out, offset = [], 0
+    for t in tensors:
+        width = _row_bytes(t)
+        out.append(_from_bytes(gathered[:, offset : offset + width], t))
+        offset += width
+    return out
+
+
+@torch.no_grad()
+def concat_all_gather(tensor: torch.Tensor, *, equal_sizes: bool = False) -> torch.Tensor:
     """Concatenate ``tensor`` from every rank along dim 0, in rank order. **No gradient flows back.**
 
-    Ranks may hold different first dimensions (ragged batches, e.g. the last evaluation shard): the sizes are
-    gathered first, every rank pads to the largest, and the padding is cut off again. All other dimensions
-    and the dtype must agree across ranks. Every rank must call this function (it is a collective).
+    By default ranks may hold different first dimensions (ragged batches, e.g. the last evaluation shard, or
+    an empty one): the sizes are gathered first (one host sync), every rank pads to the largest, and the padding
+    is cut off again. ``equal_sizes=True`` is the training fast path: one collective, no host sync. All other
+    dimensions and the dtype must agree across ranks. Every rank must call this function (it is a collective).
 
     Args:
         tensor: ``[n_r, ...]`` on the device the backend expects (CUDA for NCCL, any for gloo).
+        equal_sizes: See :func:`concat_all_gather_many`.
 
     Returns:
         ``[sum_r n_r, ...]``, detached. With world size 1 this is ``tensor.detach()`` (no copy).
     """
-    if not is_distributed() or tdist.get_world_size() == 1:
-        return tensor.detach()
     if tensor.dim() == 0:
         raise ValueError("concat_all_gather needs a tensor with at least one dimension, got a scalar")
-    world = tdist.get_world_size()
-    tensor = tensor.detach().contiguous()
-    is_bool = tensor.dtype == torch.bool
-    if is_bool:  # not every backend reduces/gathers bool tensors
-        tensor = tensor.to(torch.uint8)
-    size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
-    sizes = [torch.empty_like(size) for _ in range(world)]
-    tdist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]  # needed on the host to allocate the receive buffers
-    longest = max(counts)
-    if tensor.shape[0] < longest:
-        pad = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
-        tensor = torch.cat([tensor, pad])
-    parts = [torch.empty_like(tensor) for _ in range(world)]
-    tdist.all_gather(parts, tensor)
-    out = torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
-    return out.to(torch.bool) if is_bool else out
+    return concat_all_gather_many([tensor], equal_sizes=equal_sizes)[0]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

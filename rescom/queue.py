@@ -74,6 +74,8 @@ class ClassBalancedQueue(nn.Module):
     def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
         """Write keys into their classes' ring buffers; gathers from every rank first when distributed.
 
+        Under DDP every rank must pass the same ``n`` (training batches from ``DistributedSampler`` are equal).
+
         The result equals writing the (gathered) samples one at a time in batch order, slot ``ptr_c`` of class
         ``c`` and then ``ptr_c = (ptr_c + 1) % K``; when a class has more than K samples in one call, only its
         last K survive. The update is vectorised (no Python loop over samples and no host synchronisation on
@@ -94,8 +96,8 @@ class ClassBalancedQueue(nn.Module):
             raise ValueError(f"labels must have shape [{keys.shape[0]}], got {list(labels.shape)}")
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-        keys = dist.concat_all_gather(keys.detach())  # [n, d] over all ranks
-        labels = dist.concat_all_gather(labels)  # [n]
+        # One collective for both, no size exchange: DistributedSampler gives every rank the same batch size.
+        keys, labels = dist.concat_all_gather_many([keys, labels], equal_sizes=True)  # [n, d], [n] all ranks
         n = labels.shape[0]
         if n == 0:
             return

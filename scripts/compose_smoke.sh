@@ -11,7 +11,7 @@
 #                    so a second run rebuilds nothing.
 #   PYTHON           interpreter with the repository's train deps, used to render the test PNGs
 #                    (default .venv/bin/python, else python3)
-#   SMOKE_PORT       host port to publish the API on (default 18000, loopback only)
+#   SMOKE_PORT       host port to publish the API on (default 18000, loopback only; gRPC on SMOKE_PORT + 1)
 #   SMOKE_PROJECT    compose project name (default rescom-smoke: never touches a user's `rescom` project/volumes)
 #   SMOKE_MIN_CORRECT  of the 10 PNGs (the first test image of each class) how many must be labelled right (9)
 #   SMOKE_KEEP=1     leave the stack running (no `down -v`) for inspection
@@ -43,7 +43,7 @@ WORK=$(mktemp -d)
 COMPOSE=(docker compose -p "$SMOKE_PROJECT" -f compose.yaml)
 # hermetic: the variables compose.yaml interpolates come from here, not from the caller's environment
 unset RESCOM_API_KEY RESCOM_PROVIDERS RESCOM_DRAIN_TIMEOUT_S RESCOM_POLL_INTERVAL_S RESCOM_LOG_LEVEL
-export RESCOM_BIND=127.0.0.1 RESCOM_HOST_PORT=$SMOKE_PORT
+export RESCOM_BIND=127.0.0.1 RESCOM_HOST_PORT=$SMOKE_PORT RESCOM_GRPC_HOST_PORT=$((SMOKE_PORT + 1))
 STACK_UP=0
 
 cleanup() {

@@ -38,7 +38,7 @@ COMPOSE="$("$TOOLS_VENV/bin/python" -c 'import compose, pathlib; print(pathlib.P
 echo "lint_containers: $("$HADOLINT" --version); $("$COMPOSE" version); shellcheck $("$SHELLCHECK" --version | awk '/^version/ {print $2}')"
 
 # Check the files' own defaults, not the caller's overrides of the variables they interpolate.
-unset RESCOM_BIND RESCOM_HOST_PORT RESCOM_API_KEY RESCOM_DRAIN_TIMEOUT_S RESCOM_POLL_INTERVAL_S RESCOM_LOG_LEVEL \
+unset RESCOM_BIND RESCOM_HOST_PORT RESCOM_GRPC_HOST_PORT RESCOM_API_KEY RESCOM_DRAIN_TIMEOUT_S RESCOM_POLL_INTERVAL_S RESCOM_LOG_LEVEL \
   RESCOM_PROVIDERS RESCOM_BAKE_MODELS TORCH_INDEX_URL TRAIN_CONFIG MODEL_NAME
 fail=0
 for f in docker/service.Dockerfile docker/train.Dockerfile docker/lb.Dockerfile; do

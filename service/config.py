@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 inside a container)")
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="also serve KServe v2 over gRPC on this port (same host; 0 = any free port); unset = off",
+    )
+    allow_model_control: bool = Field(
+        False,
+        description="allow Triton's repository load/unload calls (POST /v2/repository/models/NAME/load|unload); "
+        "refused unless an API key is set too",
+    )
 
     # --- dynamic batching
     max_batch_size: int = Field(
@@ -131,8 +142,15 @@ class Settings(BaseSettings):
         False,
         description="let idle ORT threads spin: faster small batches, but burns CPU that decoding needs",
     )
-    trt_cache_dir: Path | None = Field(None, description="TensorRT engine cache (providers=tensorrt)")
+    trt_cache_dir: Path | None = Field(
+        None,
+        description="TensorRT engine cache, an absolute path (providers=tensorrt); unset or empty: "
+        "$XDG_CACHE_HOME/rescom/tensorrt",
+    )
     trt_fp16: bool = Field(False, description="TensorRT FP16 kernels (providers=tensorrt)")
+    io_binding: bool = Field(
+        True, description="CUDA/TensorRT: model calls through IO binding with pinned host buffers"
+    )
     decode_threads: int | None = Field(
         None, ge=1, description="image decoding threads; default: usable cores"
     )
@@ -213,7 +231,17 @@ class Settings(BaseSettings):
             raise ValueError(f"default_prior must be one of {', '.join(PRIOR_KEYWORDS)}, got {value!r}")
         return None if value is None else value.lower()
 
-    @field_validator("trt_cache_dir", "api_key")
+    @field_validator("trt_cache_dir", mode="before")
+    @classmethod
+    def _cache_dir(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # RESCOM_TRT_CACHE_DIR="" means unset, never the working directory
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"trt_cache_dir must be an absolute path, got {str(value)!r}")
+        return path
+
+    @field_validator("api_key")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         if isinstance(value, SecretStr) and not value.get_secret_value():

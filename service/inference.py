@@ -141,8 +141,11 @@ async def predict_encoded(
             state.decode_pool, decode
         )  # [n, crop, crop, 3]
 
-    logits = await served.batcher.submit_prepared(len(blobs), prepare, settings.request_timeout_s)  # [n, C]
-    probs = await calibrate(state, served, logits, calibration)  # [n, C]
+    with state.request_stats.timed(served.name, served.version):  # Triton's statistics extension
+        logits = await served.batcher.submit_prepared(
+            len(blobs), prepare, settings.request_timeout_s
+        )  # [n, C]
+        probs = await calibrate(state, served, logits, calibration)  # [n, C]
     state.registry.adaptive(served.name).observe(logits)
     return predict_response(served, probs, k, calibration)
 

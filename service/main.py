@@ -19,10 +19,11 @@ from rescom import __version__
 from service.config import Settings, get_settings
 from service.error_handlers import install_error_handlers
 from service.fastpath import PredictFastPath
+from service.grpc_server import start_grpc_server, stop_grpc_server
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import demo, health, metrics, models, predict, v2
+from service.routes import demo, docs, health, metrics, models, predict, triton, v2
 from service.state import ServiceState
 
 __all__ = ["create_app", "begin_drain", "configure_logging"]
@@ -35,7 +36,9 @@ prior calibration `p = softmax(z / T + b + log π)` (T, b: the export's fitted c
 
 * `POST /predict`: images as a raw body, multipart `file` fields or JSON base64; options `top_k`, `prior`
   (uniform | train | adaptive | JSON class -> weight), `temperature`, `model`, `version`.
-* `/v2/...`: KServe Open Inference Protocol v2 (works with `tritonclient[http]`).
+* `/v2/...`: KServe Open Inference Protocol v2 (works with `tritonclient[http]` and KServe's
+  `InferenceRESTClient`); the same over gRPC when `RESCOM_GRPC_PORT` is set; Triton's statistics and
+  repository extensions.
 * `/v1/models`, `/v1/models/{name}/prior`: what is served; the adaptive (EM) prior.
 * `/health/live`, `/health/ready`, `/metrics`.
 """
@@ -80,20 +83,30 @@ def create_app(settings: Settings | None = None, *, fast_path: bool = True) -> F
             s.max_queue_delay_ms,
             "on" if s.api_key else "off",
         )
+        grpc_server = None
         try:
             await registry.start()
+            if s.grpc_port is not None:
+                grpc_server, state.grpc_port = await start_grpc_server(state)
             yield
         finally:
             state.draining = True
+            if grpc_server is not None:
+                await stop_grpc_server(grpc_server, s.drain_timeout_s)
             log.info("shutting down: draining the model queues (at most %.1f s)", s.drain_timeout_s)
             await registry.close(s.drain_timeout_s)
             pool.shutdown(wait=False, cancel_futures=True)
             log.info("shutdown complete")
 
     app = FastAPI(
-        title="ResCom inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="ResCom inference service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service.routes.docs, with assets that ship with the service
+        redoc_url=None,
     )
-    for module in (health, predict, v2, models, metrics, demo):
+    for module in (health, predict, triton, v2, models, metrics, demo, docs):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)

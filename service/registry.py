@@ -94,6 +94,7 @@ class ModelRegistry:
             pad_batches=settings.pad_batches,
             trt_cache_dir=settings.trt_cache_dir,
             trt_fp16=settings.trt_fp16,
+            io_binding=None if settings.io_binding else False,  # on: GPU providers only
         )
         self._models: dict[str, ServedModel] = {}
         self._adaptive: dict[str, AdaptivePrior] = {}
@@ -102,6 +103,9 @@ class ModelRegistry:
         self._incomplete_reported: set[str] = set()  # models whose lack of a complete version was logged
         self._background: set[asyncio.Task[None]] = set()
         self._retiring: list[ServedModel] = []  # replaced versions with leases still held
+        self._unloaded: set[str] = (
+            set()
+        )  # unloaded on request (Triton's model control); not served until loaded
         self._task: asyncio.Task[None] | None = None
         self.initial_load_done = False
 
@@ -237,12 +241,44 @@ class ModelRegistry:
         for name in names:
             await self._refresh(name)
 
+    async def load(self, name: str) -> ServedModel:
+        """Serve ``name`` again after :meth:`unload` (or load it now): its newest loadable version.
+
+        Raises:
+            NotFound: ``name`` is not a model of the repository (or not the one ``Settings.model`` names).
+            Unavailable: no version of it loads.
+        """
+        if name not in await asyncio.to_thread(self._names_to_serve, True):
+            raise NotFound(f"model {name!r} is not in the model repository")
+        self._unloaded.discard(name)
+        self._known.add(name)
+        await self._refresh(name)
+        return self.get(name)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name`` (queued requests finish) until :meth:`load`; repository polling leaves it alone.
+
+        Raises:
+            NotFound: ``name`` is not served.
+        """
+        served = self._models.pop(name, None)
+        if served is None:
+            raise NotFound(f"model {name!r} is not loaded")
+        self._unloaded.add(name)
+        with contextlib.suppress(KeyError):
+            self.metrics.model_info.remove(name, str(served.version), served.provider)
+        self.metrics.ready.set(1 if self.ready else 0)
+        log.info("model %s version %d unloaded on request", name, served.version)
+        self._retire(served)  # closes once the requests that hold it are answered
+
     # ------------------------------------------------------------------------------------------------ internals
 
-    def _names_to_serve(self) -> list[str]:
+    def _names_to_serve(self, include_unloaded: bool = False) -> list[str]:
         names = list_models(self.repository)
         if self.settings.model is not None:
             names = [n for n in names if n == self.settings.model]
+        if not include_unloaded:
+            names = [n for n in names if n not in self._unloaded]
         return names
 
     async def _run(self) -> None:

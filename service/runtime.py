@@ -10,27 +10,36 @@ that fell back to the CPU is refused.
 
 Each batch is padded up to the next size in ``buckets`` (1, 2, 4, ... by default): on CUDA every new input shape
 costs an algorithm search, and with a fixed set of shapes all of them are warmed up front.
+
+On CUDA/TensorRT (``service.providers`` builds the provider options, including TensorRT's optimisation profile
+and engine cache): calls go through IO binding with pinned host buffers (``service.iobinding``); ONNX
+Runtime's warnings are shown (severity 2, e.g. "Some nodes were not assigned to the preferred execution
+providers"), and the warm-up is profiled so that every node that ran on the CPU is reported by name
+(``service.placement``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from service import providers as prov
 from service.config import usable_cpus
+from service.iobinding import BoundRunner
+from service.placement import Placement, read_placement
 from service.repository import ModelSpec
 
 __all__ = ["ModelLoadError", "ModelRuntime", "RuntimeOptions", "load_runtime", "onnxruntime_version"]
 
 log = logging.getLogger("rescom.service.runtime")
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
+CPU, CUDA, TENSORRT = prov.CPU, prov.CUDA, prov.TENSORRT
 _ORT_TYPES = {"UINT8": "tensor(uint8)", "FP32": "tensor(float)"}
 
 
@@ -52,8 +61,11 @@ class RuntimeOptions:
         max_batch_size: the service's batch limit (the model's own limit may be lower).
         batch_sizes: padded batch sizes to use and warm up.
         pad_batches: ``auto`` (pad on GPU providers only), ``always`` or ``never``.
-        trt_cache_dir: TensorRT engine and timing cache folder.
+        trt_cache_dir: TensorRT engine and timing cache root (``None``: ``$XDG_CACHE_HOME/rescom/tensorrt``).
         trt_fp16: TensorRT FP16 kernels.
+        io_binding: run through IO binding (pinned host buffers on GPUs): ``None`` = on CUDA/TensorRT only,
+            ``True`` = also on the CPU, ``False`` = never.
+        profile_warmup: profile the warm-up and report the node placement: ``None`` = on CUDA/TensorRT only.
     """
 
     providers: str = "auto"
@@ -67,6 +79,8 @@ class RuntimeOptions:
     pad_batches: str = "auto"
     trt_cache_dir: Path | None = None
     trt_fp16: bool = False
+    io_binding: bool | None = None
+    profile_warmup: bool | None = None
 
 
 def onnxruntime_version() -> str:
@@ -86,6 +100,7 @@ class ModelRuntime:
         intra_op_threads: ORT threads used per call.
         pad: pad each batch up to the next bucket.
         instances: model calls that may run at once (the batcher's workers).
+        io_binding: calls go through IO binding (GPU providers); ``pinned``: its host buffers are page-locked.
     """
 
     def __init__(
@@ -97,6 +112,7 @@ class ModelRuntime:
         intra_op_threads: int,
         pad: bool = True,
         instances: int = 1,
+        binder: BoundRunner | None = None,
     ) -> None:
         self.spec = spec
         self._session = session
@@ -108,6 +124,8 @@ class ModelRuntime:
         self.instances = instances
         self._input = spec.input.name
         self._outputs = [spec.output.name]
+        self._binder = binder
+        self.placement: Placement | None = None  # node placement seen in the (profiled) GPU warm-up
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Logits for a batch: uint8 ``[n, crop, crop, 3]`` -> float32 ``[n, C]`` (padded to a bucket when ``pad``).
@@ -124,6 +142,8 @@ class ModelRuntime:
                 f"{images.dtype} {list(images.shape)}"
             )
         bucket = self.bucket_for(n) if self.pad else n
+        if self._binder is not None:
+            return self._binder.run(images, bucket)  # pads inside its bound buffer
         if bucket != n:
             padded = np.zeros((bucket, *images.shape[1:]), dtype=np.uint8)  # [bucket, H, W, 3]
             padded[:n] = images
@@ -150,7 +170,7 @@ class ModelRuntime:
         for b in self.buckets:
             x = np.zeros((b, *self.spec.image_shape), dtype=np.uint8)
             for _ in range(rounds):
-                y = self._session.run(self._outputs, {self._input: x})[0]
+                y = self.run(x)  # the serving path itself (IO binding on GPUs)
             if y.shape != (b, self.spec.num_classes):
                 raise ModelLoadError(
                     f"{self.spec.name}/{self.spec.version}: output 'logits' has shape "
@@ -161,9 +181,20 @@ class ModelRuntime:
                     f"{self.spec.name}/{self.spec.version}: output 'logits' is not finite float32"
                 )
 
+    @property
+    def io_binding(self) -> bool:
+        """Whether calls go through IO binding."""
+        return self._binder is not None
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the IO-binding host buffers are page-locked."""
+        return self._binder is not None and self._binder.pinned
+
     def close(self) -> None:
         """Drop the session (its memory is freed once no batch is using it)."""
         self._session = None  # type: ignore[assignment]
+        self._binder = None
 
 
 def _instances_and_threads(options: RuntimeOptions, on_gpu: bool) -> tuple[int, int]:
@@ -173,45 +204,45 @@ def _instances_and_threads(options: RuntimeOptions, on_gpu: bool) -> tuple[int, 
     return instances, threads
 
 
-def _providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str, str]]]:
-    available = ort.get_available_providers()
-    want = options.providers
-    if want == "cpu":
-        return [CPU]
-    cuda_options = {
-        "device_id": str(options.device_id),
-        # Every bucket is warmed up, so the search runs once per shape; HEURISTIC keeps (re)loads quick.
-        "cudnn_conv_algo_search": "HEURISTIC",
-        "arena_extend_strategy": "kSameAsRequested",
-        "do_copy_in_default_stream": "1",
-    }
-    if want in ("cuda", "tensorrt") and CUDA not in available:
-        raise ModelLoadError(
-            f"providers={want} but this onnxruntime build has no CUDA provider (available: {', '.join(available)}); "
-            "install onnxruntime-gpu (never next to onnxruntime) or use RESCOM_PROVIDERS=auto|cpu"
+def _trt_cache_dir(spec: ModelSpec, options: RuntimeOptions) -> Path | None:
+    """``<cache root>/<model>/<version>``, created; ``None`` (with a warning) when it cannot be written."""
+    root = prov.trt_cache_root(options.trt_cache_dir)
+    folder = root / spec.name / str(spec.version)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        log.warning(
+            "%s/%s: TensorRT engine cache %s cannot be created (%s); every start builds the engine "
+            "(set RESCOM_TRT_CACHE_DIR to a writable volume)",
+            spec.name,
+            spec.version,
+            folder,
+            err.strerror or err,
         )
-    if want == "tensorrt":
-        if TENSORRT not in available:
-            raise ModelLoadError(
-                f"providers=tensorrt but this onnxruntime build has no TensorRT provider "
-                f"(available: {', '.join(available)})"
+        return None
+    return folder
+
+
+def _providers(spec: ModelSpec, options: RuntimeOptions) -> list[prov.ProviderEntry]:
+    """The provider list for ``options.providers`` (see :mod:`service.providers`)."""
+    available = ort.get_available_providers()
+    trt = library = None
+    if options.providers == "tensorrt" and prov.TENSORRT in available:
+        library = prov.tensorrt_libraries()
+        if library is not None:
+            max_batch = min(options.max_batch_size, spec.max_batch_size)
+            trt = prov.tensorrt_options(
+                options.device_id,
+                options.trt_fp16,
+                _trt_cache_dir(spec, options),
+                spec.input.name,
+                spec.image_shape,
+                max_batch,
             )
-        trt: dict[str, str] = {
-            "device_id": str(options.device_id),
-            "trt_fp16_enable": str(int(options.trt_fp16)),
-        }
-        if options.trt_cache_dir is not None:
-            options.trt_cache_dir.mkdir(parents=True, exist_ok=True)
-            trt.update(
-                trt_engine_cache_enable="1",
-                trt_engine_cache_path=str(options.trt_cache_dir),
-                trt_timing_cache_enable="1",
-                trt_timing_cache_path=str(options.trt_cache_dir),
-            )
-        return [(TENSORRT, trt), (CUDA, cuda_options), CPU]
-    if CUDA in available:  # cuda, or auto on a GPU build
-        return [(CUDA, cuda_options), CPU]
-    return [CPU]
+    try:
+        return prov.provider_list(options.providers, available, options.device_id, trt, library)
+    except prov.ProviderError as err:
+        raise ModelLoadError(f"{spec.name}/{spec.version}: {err}") from None
 
 
 def _check_graph(spec: ModelSpec, session: ort.InferenceSession) -> None:
@@ -252,15 +283,10 @@ def _check_graph(spec: ModelSpec, session: ort.InferenceSession) -> None:
                 )
 
 
-def load_runtime(spec: ModelSpec, options: RuntimeOptions) -> ModelRuntime:
-    """Open, check and warm up one model version (blocking; call it from a worker thread).
-
-    Raises:
-        ModelLoadError: with a message naming the version and what is wrong.
-    """
-    providers = _providers(options)
-    on_gpu = providers[0] != CPU
-    instances, threads = _instances_and_threads(options, on_gpu)
+def _session_options(
+    options: RuntimeOptions, threads: int, on_gpu: bool, profile_dir: str | None
+) -> ort.SessionOptions:
+    """Session options: threads, no spinning by default, ORT warnings and a profiled warm-up on GPUs."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -270,39 +296,102 @@ def load_runtime(spec: ModelSpec, options: RuntimeOptions) -> ModelRuntime:
     spin = "1" if options.spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    so.log_severity_level = 3  # errors only; fallbacks are reported by our own log lines
-    if on_gpu and hasattr(ort, "preload_dlls"):
-        try:  # find CUDA/cuDNN from the nvidia-* wheels (ORT >= 1.21)
-            ort.preload_dlls()
-        except Exception as err:  # noqa: BLE001 (best effort; the session creation below reports the real error)
-            log.debug("onnxruntime.preload_dlls() failed: %s", err)
+    # On a GPU, ORT's warnings matter (nodes assigned to the CPU, memcpy nodes, missing libraries).
+    so.log_severity_level = 2 if on_gpu else 3
+    if profile_dir is not None:  # the warm-up is profiled to learn where every node ran (ended after it)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(profile_dir) / "warmup")
+    return so
+
+
+def _open_session(spec: ModelSpec, so: ort.SessionOptions, providers: list) -> ort.InferenceSession:
     try:
-        session = ort.InferenceSession(str(spec.onnx_path), sess_options=so, providers=providers)
+        return ort.InferenceSession(str(spec.onnx_path), sess_options=so, providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         reason = str(err).replace(str(spec.onnx_path), spec.onnx_path.name).strip().splitlines()[0][:300]
         raise ModelLoadError(
             f"{spec.name}/{spec.version}: onnxruntime cannot load the graph: {reason}"
         ) from None
-    actual = session.get_providers()[0]
-    requested = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-    if actual != requested:
-        if options.providers in ("cuda", "tensorrt"):
-            raise ModelLoadError(
-                f"{spec.name}/{spec.version}: {requested} was required (RESCOM_PROVIDERS={options.providers}) but "
-                f"onnxruntime fell back to {actual}; check the GPU, the driver and the CUDA/cuDNN libraries"
+
+
+def load_runtime(spec: ModelSpec, options: RuntimeOptions) -> ModelRuntime:
+    """Open, check and warm up one model version (blocking; call it from a worker thread).
+
+    Raises:
+        ModelLoadError: with a message naming the version and what is wrong.
+    """
+    providers = _providers(spec, options)
+    on_gpu = providers[0] != CPU
+    if on_gpu and hasattr(ort, "preload_dlls"):
+        try:  # find CUDA/cuDNN from the nvidia-* wheels (ORT >= 1.21)
+            ort.preload_dlls()
+        except Exception as err:  # noqa: BLE001 (best effort; the session creation below reports the real error)
+            log.debug("onnxruntime.preload_dlls() failed: %s", err)
+    profile = on_gpu if options.profile_warmup is None else options.profile_warmup
+    profiling = (
+        tempfile.TemporaryDirectory(prefix="rescom-ort-profile-", ignore_cleanup_errors=True)
+        if profile
+        else contextlib.nullcontext(None)
+    )
+    with profiling as profile_dir:
+        instances, threads = _instances_and_threads(options, on_gpu)
+        so = _session_options(options, threads, on_gpu, profile_dir)
+        session = _open_session(spec, so, providers)
+        actual = session.get_providers()[0]
+        requested = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        if actual != requested:
+            if options.providers in ("cuda", "tensorrt"):
+                raise ModelLoadError(
+                    f"{spec.name}/{spec.version}: {requested} was required (RESCOM_PROVIDERS={options.providers}) "
+                    f"but onnxruntime fell back to {actual}; check the GPU, the driver and the CUDA/cuDNN libraries"
+                )
+            log.warning("%s/%s: %s is unavailable, running on %s", spec.name, spec.version, requested, actual)
+            if actual == CPU:
+                instances, cpu_threads = _instances_and_threads(options, on_gpu=False)
+                if cpu_threads != threads:
+                    threads = cpu_threads
+                    so.intra_op_num_threads = threads
+                    session = _open_session(spec, so, [CPU])
+        _check_graph(spec, session)
+        max_batch = min(options.max_batch_size, spec.max_batch_size)
+        buckets = tuple(sorted({b for b in options.batch_sizes if b <= max_batch} | {max_batch}))
+        provider = session.get_providers()[0]
+        pad = options.pad_batches == "always" or (options.pad_batches == "auto" and provider != CPU)
+        binder = None
+        if options.io_binding or (options.io_binding is None and provider != CPU):
+            binder = BoundRunner(
+                session,
+                spec.input.name,
+                spec.output.name,
+                spec.image_shape,
+                spec.num_classes,
+                provider != CPU,
             )
-        log.warning("%s/%s: %s is unavailable, running on %s", spec.name, spec.version, requested, actual)
-        if actual == CPU:
-            instances, cpu_threads = _instances_and_threads(options, on_gpu=False)
-            if cpu_threads != threads:
-                threads = cpu_threads
-                so.intra_op_num_threads = threads
-                session = ort.InferenceSession(str(spec.onnx_path), sess_options=so, providers=[CPU])
-    _check_graph(spec, session)
-    max_batch = min(options.max_batch_size, spec.max_batch_size)
-    buckets = tuple(sorted({b for b in options.batch_sizes if b <= max_batch} | {max_batch}))
-    provider = session.get_providers()[0]
-    pad = options.pad_batches == "always" or (options.pad_batches == "auto" and provider != CPU)
-    runtime = ModelRuntime(spec, session, max_batch, buckets, threads, pad=pad, instances=instances)
-    runtime.warmup()
+        runtime = ModelRuntime(
+            spec, session, max_batch, buckets, threads, pad=pad, instances=instances, binder=binder
+        )
+        runtime.warmup()
+        if profile_dir is not None:
+            runtime.placement = _report_placement(spec, session)
     return runtime
+
+
+def _report_placement(spec: ModelSpec, session: ort.InferenceSession) -> Placement | None:
+    """End the warm-up profile and log the nodes that ran on the CPU (warning for real work)."""
+    try:
+        placement = read_placement(session.end_profiling())
+    except (ValueError, RuntimeError) as err:
+        log.warning("%s/%s: node placement unknown (%s)", spec.name, spec.version, err)
+        return None
+    counts = ", ".join(f"{p}: {n}" for p, n in sorted(placement.count_by_provider().items()))
+    log.info("%s/%s: nodes per provider in the warm-up: %s", spec.name, spec.version, counts)
+    heavy = placement.fallbacks()
+    if heavy:
+        log.warning(
+            "%s/%s: %d node(s) fell back to the CPU: %s",
+            spec.name,
+            spec.version,
+            len(heavy),
+            placement.describe(heavy),
+        )
+    return placement

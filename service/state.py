@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -11,6 +11,7 @@ from service.config import Settings
 from service.errors import Unavailable
 from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry
+from service.triton_stats import RequestStats
 
 __all__ = ["ServiceState", "get_state"]
 
@@ -25,6 +26,8 @@ class ServiceState:
         registry: the served models.
         decode_pool: threads that decode and preprocess images off the event loop.
         draining: set on SIGTERM / shutdown; readiness then answers 503.
+        grpc_port: the port the KServe v2 gRPC server listens on (``None``: gRPC is off).
+        request_stats: v2 request outcomes for Triton's statistics extension.
     """
 
     settings: Settings
@@ -32,6 +35,8 @@ class ServiceState:
     registry: ModelRegistry
     decode_pool: ThreadPoolExecutor
     draining: bool = False
+    grpc_port: int | None = None
+    request_stats: RequestStats = field(default_factory=RequestStats)
 
     @property
     def ready(self) -> bool:

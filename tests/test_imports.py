@@ -38,6 +38,8 @@ IMPORT_TABLE: list[tuple[str, set[str], tuple[str, ...]]] = [
             "numpy",
             "PIL",
             "onnxruntime",
+            "grpc",
+            "google",  # google.protobuf, for the gRPC messages
         },
         ("rescom.version", "rescom.calibration", "rescom.preprocess", "service"),
     ),

@@ -46,6 +46,7 @@ PUBLIC = {
     "/docs",
     "/docs/oauth2-redirect",
     "/redoc",
+    "/docs-assets/{package}/{name}",
     "/",
     "/static/{name}",
 }

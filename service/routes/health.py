@@ -3,7 +3,9 @@
 - ``GET /health/live``: the process answers (200, also while draining).
 - ``GET /health/ready``: 200 once every model found at startup has been tried, at least one is loaded and warmed,
   and the server is not draining; 503 otherwise.
-- ``GET /v2/health/live`` / ``GET /v2/health/ready``: the same with empty bodies, as Triton does.
+- ``GET /v2/health/live`` / ``GET /v2/health/ready``: the same as the Open Inference Protocol's bodies
+  ``{"live": true}`` and ``{"ready": true|false}`` (503 with ``{"ready": false}`` while not ready, so a Kubernetes
+  probe and KServe's ``InferenceRESTClient`` read the same thing).
 """
 
 from __future__ import annotations
@@ -12,21 +14,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.responses import error_response, json_response
-from service.state import ServiceState, get_state
+from service.state import get_state
+from service.v2_protocol import not_ready_reason
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["health"])
-
-
-def _not_ready_reason(state: ServiceState) -> str | None:
-    if state.draining:
-        return "shutting down"
-    if not state.registry.initial_load_done:
-        return "loading and warming up models"
-    if not state.registry.ready:
-        return "no model could be loaded; see the server log and GET /v1/models"
-    return None
 
 
 @router.get("/health/live", summary="Liveness")
@@ -39,7 +32,7 @@ async def live() -> Response:
 async def ready(request: Request) -> Response:
     """200 when models are loaded and warmed and the server is not draining; 503 otherwise."""
     state = get_state(request)
-    reason = _not_ready_reason(state)
+    reason = not_ready_reason(state)
     if reason is not None:
         return error_response(503, f"not ready: {reason}")
     models = {m.name: {"version": m.version, "provider": m.provider} for m in state.registry.served()}
@@ -48,11 +41,14 @@ async def ready(request: Request) -> Response:
 
 @router.get("/v2/health/live", summary="Liveness (KServe v2)")
 async def v2_live() -> Response:
-    """200 with an empty body."""
-    return Response(status_code=200)
+    """200 ``{"live": true}`` while the process runs."""
+    return json_response({"live": True})
 
 
-@router.get("/v2/health/ready", summary="Readiness (KServe v2)")
+@router.get(
+    "/v2/health/ready", summary="Readiness (KServe v2)", responses={503: {"description": '{"ready": false}'}}
+)
 async def v2_ready(request: Request) -> Response:
-    """200 or 503, empty body."""
-    return Response(status_code=200 if _not_ready_reason(get_state(request)) is None else 503)
+    """200 ``{"ready": true}``, or 503 ``{"ready": false}`` while loading, without a model, or draining."""
+    ready = not_ready_reason(get_state(request)) is None
+    return json_response({"ready": ready}, 200 if ready else 503)
