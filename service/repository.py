@@ -118,8 +118,11 @@ class ModelSpec:
 
     @cached_property
     def class_bias(self) -> np.ndarray | None:
-        """Per-class logit bias ``b`` ``[C]`` fitted with ``T`` (``calibration.class_bias``, BCTS), added as
-        ``z / T + b``; ``None`` when the metadata has none or it is all zeros (plain temperature scaling)."""
+        """Per-class logit bias ``b`` ``[C]`` fitted with ``T`` (``calibration.class_bias``, BCTS).
+
+        Added as ``z / T + b``; ``None`` when the metadata has none or it is all zeros (plain temperature
+        scaling).
+        """
         calibration = self.metadata.get("calibration") or {}
         return parse_class_bias(calibration.get("class_bias"), self.num_classes)
 
