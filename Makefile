@@ -95,7 +95,7 @@ bench-train: setup  ## ResCom step overhead vs CE, and iNaturalist-scale loss me
 	$(BIN)/python benchmarks/loss_scale.py
 
 bench-serve: setup  ## load benchmark of the service vs raw ONNX Runtime
-	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/serve_load.py --json benchmarks/results/serve_load.json
 
 bench-serving: setup  ## side by side: our service vs Mosec, LitServe, BentoML, PyTriton (needs `apt-get install wrk`)
 	$(BIN)/python benchmarks/serving/run_all.py
@@ -103,6 +103,36 @@ bench-serving: setup  ## side by side: our service vs Mosec, LitServe, BentoML, 
 evaluate-digits: setup  ## evaluation report + label-shift study of the bundled model into report/
 	$(BIN)/python training/evaluate.py --model-repository models --name digits_lt --many-threshold 50 --seeds 20 \
 		--out report
+
+.PHONY: results results-train results-serve docs-figures
+
+results: results-train results-serve  ## rerun every benchmark the README quotes into benchmarks/results/ (long: ~1 h on 2 cores)
+
+results-train: setup  ## digits-LT methods + wall time, ResCom step overhead, iNaturalist-scale loss memory
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/digits_methods.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/loss_scale.py
+
+results-serve: setup  ## service load vs raw ONNX Runtime, overload, the side-by-side serving comparison
+	$(BIN)/python benchmarks/serve_load.py --json benchmarks/results/serve_load.json
+	$(BIN)/python benchmarks/overload.py --json benchmarks/results/overload.json
+	$(BIN)/python benchmarks/serving/run_all.py
+
+docs-figures: setup  ## regenerate docs/evaluation/*.png (bundled model) and docs/screenshots/*.png (needs chromium)
+	rm -rf runs/docs-report
+	$(BIN)/python training/evaluate.py --model-repository models --name digits_lt --many-threshold 50 --seeds 20 \
+		--out runs/docs-report
+	cp runs/docs-report/digits_lt_1_per_class.png runs/docs-report/digits_lt_1_reliability.png \
+		runs/docs-report/digits_lt_1_label_shift.png docs/evaluation/
+	$(BIN)/python scripts/demo_screenshots.py --out docs/screenshots
+
+.PHONY: typecheck docstyle
+
+typecheck: setup  ## mypy on service/ and the torch-free part of rescom/ ([tool.mypy]; not yet in `make lint`)
+	$(BIN)/mypy
+
+docstyle: setup  ## ruff pydocstyle (Google convention) on rescom/, service/, export/ (not yet in `make lint`)
+	$(BIN)/ruff check --select D --config 'lint.pydocstyle.convention="google"' rescom service export
 
 clean:  ## remove caches and run outputs (keeps the venvs)
 	rm -rf runs .pytest_cache .ruff_cache

@@ -43,6 +43,12 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rescom import model_repository as mr  # noqa: E402
+from rescom_dev.servers import free_port, service_process  # noqa: E402
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -50,40 +56,13 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------------------------------------- the server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def service(repo: Path, **env: str) -> Iterator[tuple[subprocess.Popen, int]]:
     """``python -m service`` on a free port, ready when yielded, killed on the way out if still running."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--model-repository", str(repo), "--port", str(port)],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "RESCOM_POLL_INTERVAL_S": "0",
-            "RESCOM_LOG_LEVEL": "warning",
-            **env,
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while status(port, "/health/ready") != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready")
-            time.sleep(0.1)
+    full_env = {"PYTHONPATH": str(ROOT), "RESCOM_LOG_LEVEL": "warning", **env}
+    with service_process(repo, port, full_env, ready_timeout=90, output=subprocess.DEVNULL) as proc:
         yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def status(port: int, path: str) -> int | None:
@@ -344,9 +323,9 @@ def write_version(src: Path, repo: Path, version: int) -> None:
     tmp = repo / "digits_lt" / f".{version}.tmp"
     tmp.mkdir(parents=True)
     shutil.copy(src / "model.onnx", tmp / "model.onnx")
-    meta = json.loads((src / "rescom.json").read_text())
+    meta = json.loads((src / mr.METADATA_FILE).read_text())
     meta["version"] = version
-    (tmp / "rescom.json").write_text(json.dumps(meta))
+    mr.write_metadata(tmp, meta)
     tmp.rename(repo / "digits_lt" / str(version))
 
 

@@ -32,8 +32,6 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,15 +49,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rescom import model_repository as mr  # noqa: E402
+from rescom_dev.servers import free_port, service_process  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -85,41 +77,11 @@ def rss_mib(pid: int) -> float:
 def service(repo: Path, model: str, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python -m service`` on 127.0.0.1 and a free port; yields (URL, process); SIGTERM and wait afterwards."""
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "service",
-        "--model-repository",
-        str(repo),
-        "--model",
-        model,
-        "--port",
-        str(port),
-    ]
-    full_env = {**os.environ, "RESCOM_LOG_LEVEL": "warning", "RESCOM_POLL_INTERVAL_S": "0", **env}
-    full_env.pop("RESCOM_HOST", None)  # the default: 127.0.0.1
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the service exited with {proc.returncode} during startup")
-            with contextlib.suppress(OSError):
-                if http(url + "/health/ready")[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("the service was not ready after 120 s")
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    full_env = {"RESCOM_LOG_LEVEL": "warning", **env}
+    with service_process(
+        repo, port, full_env, ready_timeout=120, extra=("--model", model), output=None, graceful_s=60
+    ) as proc:
+        yield f"http://127.0.0.1:{port}", proc
 
 
 # ---------------------------------------------------------------------------------------------- client

@@ -35,9 +35,6 @@ import io
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from rescom import model_repository as mr  # noqa: E402
 from rescom.preprocess import resize_center_crop  # noqa: E402
+from rescom_dev.servers import free_port, service_process  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- inputs
 
@@ -125,12 +123,6 @@ def load_workload(args: argparse.Namespace, meta: dict) -> Workload:
 # ---------------------------------------------------------------------------------------------- server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -143,38 +135,11 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 def server(repo: Path, model: str, env_overrides: dict[str, str]) -> Iterator[str]:
     """``python -m service`` in a subprocess on a free port; yields its base URL; SIGTERM afterwards."""
     port = free_port()
-    env = {**os.environ, **env_overrides, "RESCOM_LOG_LEVEL": "warning", "RESCOM_POLL_INTERVAL_S": "0"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "service",
-        "--model-repository",
-        str(repo),
-        "--model",
-        model,
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with {proc.returncode} during startup")
-            with contextlib.suppress(OSError):
-                if http_get(url + "/health/ready", 1.0)[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("server not ready after 120 s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    env = {**env_overrides, "RESCOM_LOG_LEVEL": "warning", "RESCOM_POLL_INTERVAL_S": "0"}
+    with service_process(
+        repo, port, env, ready_timeout=120, extra=("--model", model), output=None, graceful_s=30
+    ):
+        yield f"http://127.0.0.1:{port}"
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -382,8 +347,7 @@ def resolve_model(args: argparse.Namespace, tmp: Path) -> tuple[Path, str, str]:
         return repo, name, f"{repo}/{name}"
     if not args.synthetic_fallback:
         raise SystemExit(f"no model in {repo}; export one or pass --synthetic-fallback")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from service_fixtures import write_version  # builds real ONNX graphs with onnx.helper
+    from rescom_dev.onnx_models import write_version  # builds real ONNX graphs with onnx.helper
 
     write_version(tmp, "resnet32_standin", 1, kind="conv")
     return tmp, "resnet32_standin", "ResNet-32-shaped stand-in with random weights (no bundled model found)"

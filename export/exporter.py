@@ -406,7 +406,7 @@ def _metadata(
     fp16: bool,
     command: str | None,
 ) -> dict[str, Any]:
-    """``rescom.json`` (docs/model-repository.md), without ``onnx.sha256`` (set once the graph is final)."""
+    """``rescom.json`` (docs/architecture.md, docs/model-lifecycle.md), without ``onnx.sha256`` (set once the graph is final)."""
     inputs, outputs = _tensors(meta, with_features)
     return {
         "format": mr.MODEL_FORMAT,

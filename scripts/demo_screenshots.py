@@ -22,14 +22,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from service_fixtures import CHROMIUM_ARGS, chromium_path, free_port, running_server  # noqa: E402
 
 from rescom.data import build_datasets  # noqa: E402
+from rescom_dev.browser import CHROMIUM_ARGS, chromium_path  # noqa: E402
+from rescom_dev.servers import free_port, running_server  # noqa: E402
 from service.config import Settings  # noqa: E402
 
 MODEL = "digits_lt"

@@ -22,6 +22,7 @@ if __package__ in (None, ""):
 import numpy as np
 import onnxruntime as ort
 
+from rescom import model_repository as mr
 from service import providers as prov
 from service.placement import read_placement
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     folder = Path(args.model_dir)
-    meta = json.loads((folder / "rescom.json").read_text())
+    meta = json.loads((folder / mr.METADATA_FILE).read_text())
     inp = meta["inputs"][0]
     image_shape = tuple(inp["shape"][1:])
     trt = library = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from typing import Any
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 # For routes that call check_api_key() themselves (the /predict hot path skips FastAPI's dependency machinery).
-OPENAPI_SECURITY = {"security": [{"HTTPBearer": []}]}
+OPENAPI_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
 
 bearer_scheme = HTTPBearer(auto_error=False, description="the server's RESCOM_API_KEY, when it sets one")
 

@@ -421,7 +421,7 @@ class DynamicBatcher:
         # Free the worker before waking the requests: the batching loop then starts the next batch first.
         task = asyncio.current_task()
         if task in self._running:
-            self._running.discard(task)  # type: ignore[arg-type]
+            self._running.discard(task)
             self._worker_free.set()
         offset = 0
         for item in batch:

@@ -71,8 +71,12 @@ class PredictFastPath:
             status, payload, headers = err.status_code, dumps({"error": err.message}), err.headers
         except asyncio.CancelledError:  # still running when the graceful shutdown's drain timeout ran out
             log.warning("POST %s cancelled by the shutdown; answered 503", ROUTE)
-            err = ShuttingDown()
-            status, payload, headers = err.status_code, dumps({"error": err.message}), err.headers
+            stopping = ShuttingDown()
+            status, payload, headers = (
+                stopping.status_code,
+                dumps({"error": stopping.message}),
+                stopping.headers,
+            )
         except Exception:
             log.exception("unhandled error in POST %s", ROUTE)
             status, payload = 500, dumps({"error": "internal error"})

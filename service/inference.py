@@ -68,6 +68,7 @@ async def calibrate(
 ) -> np.ndarray:
     """``softmax(z / T + b + log π)`` ``[n, C]`` float64 for logits ``z`` ``[n, C]``."""
     kind = calibration.prior.kind
+    pi: np.ndarray | None
     if kind == "adaptive":
         pi = await state.registry.adaptive(served.name).estimate()
     elif kind == "train":

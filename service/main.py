@@ -17,9 +17,9 @@ from fastapi import FastAPI
 
 from rescom import __version__
 from service.config import Settings, get_settings
+from service.error_handlers import install_error_handlers
 from service.fastpath import PredictFastPath
 from service.grpc_server import start_grpc_server, stop_grpc_server
-from service.handlers import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware, MetricsMiddleware
 from service.registry import ModelRegistry

@@ -24,8 +24,11 @@ def _state(scope: Scope) -> Any:
 
 
 class MetricsMiddleware:
-    """Counts requests by route template, method and status, and times them (``rescom_requests_total``,
-    ``rescom_request_duration_seconds``). Unmatched paths share the label ``unmatched``."""
+    """Counts requests by route template, method and status, and times them.
+
+    Metrics ``rescom_requests_total`` and ``rescom_request_duration_seconds``; unmatched paths share the label
+    ``unmatched``.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -56,8 +59,11 @@ class MetricsMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies above ``Settings.max_body_bytes`` with 413: at once from ``Content-Length``, or while
-    streaming (chunked uploads) by raising :class:`~service.errors.PayloadTooLarge` from ``receive``."""
+    """Refuses bodies above ``Settings.max_body_bytes`` with 413.
+
+    At once from ``Content-Length``, or while streaming (chunked uploads) by raising
+    :class:`~service.errors.PayloadTooLarge` from ``receive``.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -125,8 +125,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._arm(self.limits.body_timeout_s, self._body_timeout)
 
     def _feed(self, data: bytes) -> None:
-        """uvicorn's ``data_received``, but a refusal or a parse error is answered in JSON without a log line
-        per request (a flood of bad requests must not become a flood of log lines)."""
+        """The ``data_received`` of uvicorn, but refusals and parse errors are answered in JSON, unlogged.
+
+        No log line per request: a flood of bad requests must not become a flood of log lines.
+        """
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -144,8 +146,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(400, f"malformed HTTP request: {str(exc)[:100] or 'unparsable'}")
 
     def _unsupported_upgrade_warning(self) -> None:
-        """An ``Upgrade`` request (the service has no WebSocket routes) is served as a plain request; not logged
-        as a warning each time, as uvicorn does."""
+        """An ``Upgrade`` request is served as a plain request (the service has no WebSocket routes).
+
+        Not logged as a warning each time, as uvicorn does.
+        """
         self.logger.debug("Upgrade header ignored: the service has no WebSocket routes")
 
     def send_400_response(self, msg: str) -> None:  # noqa: D102

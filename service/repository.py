@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -115,8 +115,11 @@ class ModelSpec:
 
     @cached_property
     def class_bias(self) -> np.ndarray | None:
-        """Per-class logit bias ``b`` ``[C]`` fitted with ``T`` (``calibration.class_bias``, BCTS), added as
-        ``z / T + b``; ``None`` when the metadata has none or it is all zeros (plain temperature scaling)."""
+        """Per-class logit bias ``b`` ``[C]`` fitted with ``T`` (``calibration.class_bias``, BCTS).
+
+        Added as ``z / T + b``; ``None`` when the metadata has none or it is all zeros (plain temperature
+        scaling).
+        """
         calibration = self.metadata.get("calibration") or {}
         return parse_class_bias(calibration.get("class_bias"), self.num_classes)
 
@@ -272,7 +275,7 @@ def read_spec(repository: Path, name: str, version: int, *, verify_hash: bool = 
     )
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -1,5 +1,7 @@
-"""The HTTP server around the app: uvicorn (uvloop + httptools) with :mod:`service.protocol`'s limits and a
-shutdown that loses no request that reached the socket.
+"""The HTTP server around the app: uvicorn with the connection limits and a shutdown that loses nothing.
+
+uvicorn (uvloop + httptools) with :mod:`service.protocol`'s limits, and a shutdown that loses no request that
+reached the socket.
 
 Shutdown, on SIGTERM (``docker stop``, Kubernetes) or SIGINT (Ctrl-C):
 
@@ -27,6 +29,7 @@ import signal
 import socket
 import time
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -79,8 +82,11 @@ def server_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, but the first signal flips readiness to 503 at once, on SIGTERM the graceful shutdown
-    starts only ``shutdown_delay_s`` later, and the accept queue is emptied before the listener closes."""
+    """The server of uvicorn, with readiness off at the first signal and a delayed, lossless shutdown.
+
+    The first signal flips readiness to 503 at once; on SIGTERM the graceful shutdown starts only
+    ``shutdown_delay_s`` later, and the accept queue is emptied before the listener closes.
+    """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI, shutdown_delay_s: float = 0.0) -> None:
         super().__init__(config)
@@ -121,11 +127,15 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
     def _accept_backlog(self) -> None:
-        """Hand every connection waiting in the listeners' accept queues to the protocol, synchronously (no
-        await between the last accept and the listener closing, so nothing can slip in between and be reset)."""
+        """Hand every connection waiting in the listeners' accept queues to the protocol, synchronously.
+
+        No await between the last accept and the listener closing, so nothing can slip in between and be reset.
+        """
         loop = asyncio.get_running_loop()
+        # Typed as asyncio.Protocol, but uvicorn's protocol classes take these keyword arguments.
+        protocol_class: Any = self.config.http_protocol_class
         factory = functools.partial(
-            self.config.http_protocol_class,  # type: ignore[arg-type]
+            protocol_class,
             config=self.config,
             server_state=self.server_state,
             app_state=self.lifespan.state,

@@ -1,23 +1,21 @@
-"""Shared by the reliability tests: which model to serve, clean-error checks, crafted files, subprocess servers.
+"""Shared by the reliability tests: which model to serve, clean-error checks, crafted files.
+
+The service as a subprocess: :func:`rescom_dev.servers.service_process`.
 
 Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
-import subprocess
-import sys
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
-from service_fixtures import write_version
+
+from rescom_dev.onnx_models import write_version
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "models"
@@ -82,14 +80,6 @@ def probs_of(prediction: dict, num_classes: int) -> np.ndarray:
     return p
 
 
-def ready(url: str) -> int | None:
-    """Status of ``GET /health/ready``, ``None`` when nothing answers."""
-    try:
-        return httpx.get(url + "/health/ready", timeout=2).status_code
-    except httpx.TransportError:
-        return None
-
-
 def wait_until(predicate, timeout: float, what: str):
     """Poll ``predicate`` every 20 ms until it returns something truthy."""
     deadline = time.monotonic() + timeout
@@ -99,32 +89,3 @@ def wait_until(predicate, timeout: float, what: str):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@contextlib.contextmanager
-def service_process(
-    repo: Path, port: int, env: dict[str, str] | None = None, ready_timeout: float = 60.0
-) -> Iterator[subprocess.Popen]:
-    """``python -m service`` on 127.0.0.1:``port`` (stderr and stdout captured together), ready when yielded.
-
-    Killed on the way out if it is still running.
-    """
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--model-repository", str(repo), "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "RESCOM_LOG_LEVEL": "info", "RESCOM_POLL_INTERVAL_S": "0", **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(
-            lambda: proc.poll() is not None or ready(url) == 200, ready_timeout, "the service to be ready"
-        )
-        assert proc.poll() is None, f"the service exited during startup:\n{proc.stdout.read()}"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from service_fixtures import free_port, running_server
 
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -27,11 +27,13 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service_fixtures import CHROMIUM_ARGS, chromium_path, encode, free_port, running_server
 
 from rescom import model_repository as mr
 from rescom.calibration import log_prior, normalize_prior, prior_from_counts, softmax
 from rescom.preprocess import resize_center_crop
+from rescom_dev.browser import CHROMIUM_ARGS, chromium_path
+from rescom_dev.images import encode
+from rescom_dev.servers import local_settings, running_server
 from service.config import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -50,14 +52,7 @@ if not (REPO / MODEL).is_dir():
 
 
 def demo_settings(**overrides: Any) -> Settings:
-    return Settings(
-        model_repository=REPO,
-        model=MODEL,
-        port=free_port(),
-        poll_interval_s=0,
-        log_level="warning",
-        **overrides,
-    )
+    return local_settings(REPO, model=MODEL, **overrides)
 
 
 @pytest.fixture(scope="module")

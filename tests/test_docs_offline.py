@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from service_fixtures import CHROMIUM_ARGS, chromium_path, free_port, running_server, write_version
 
+from rescom_dev.browser import CHROMIUM_ARGS, chromium_path
+from rescom_dev.onnx_models import write_version
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

@@ -21,9 +21,11 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402 (hypothesis comes with schemathesis)
 from reliability_helpers import leaks, model_repository  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
-from service_fixtures import free_port, running_server  # noqa: E402
 
-from service.config import Settings  # noqa: E402
+from rescom_dev.servers import (  # noqa: E402
+    local_settings,  # noqa: E402
+    running_server,
+)
 from service.main import create_app  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,13 +39,7 @@ STATUSES: Counter[int] = Counter()
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     repo, name = model_repository(tmp_path_factory.mktemp("models"))
-    s = Settings(
-        model_repository=repo,
-        port=free_port(),
-        poll_interval_s=0,
-        max_body_bytes=1 << 20,
-        log_level="error",
-    )
+    s = local_settings(repo, max_body_bytes=1 << 20, log_level="error")
     with running_server(s) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield {"url": url, "client": client, "name": name}
         total = sum(CASES.values())

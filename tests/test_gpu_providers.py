@@ -11,8 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
-from service_fixtures import random_images, tiny_reference_logits, write_version
 
+from rescom_dev.images import random_images
+from rescom_dev.onnx_models import tiny_reference_logits, write_version
 from service import providers as prov
 from service.config import Settings
 from service.iobinding import BoundRunner, PinnedAllocator

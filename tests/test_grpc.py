@@ -14,17 +14,12 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import (
-    TEMPERATURE,
-    free_port,
-    metric_value,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    write_version,
-)
 
 from rescom.calibration import calibrated_probs
+from rescom_dev.images import random_images
+from rescom_dev.onnx_models import TEMPERATURE, tiny_reference_logits, write_version
+from rescom_dev.prometheus import metric_value
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 from service.grpc_messages import SERVICE, message_class
 from service.main import begin_drain, create_app

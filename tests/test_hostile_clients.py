@@ -24,9 +24,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from reliability_helpers import service_process
-from service_fixtures import encode, free_port, random_images, write_version
 
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import write_version
+from rescom_dev.servers import free_port, service_process
 from service.config import Settings
 from service.main import create_app
 from service.server import DrainingServer, server_config

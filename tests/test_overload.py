@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from service_fixtures import write_version
+
+from rescom_dev.onnx_models import write_version
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,10 +34,11 @@ from reliability_helpers import (
     probs_of,
     wait_until,
 )
-from service_fixtures import encode, free_port, metric_value, running_server
 
 from rescom.calibration import softmax
-from service.config import Settings
+from rescom_dev.images import encode
+from rescom_dev.prometheus import metric_value
+from rescom_dev.servers import local_settings, running_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,13 +48,8 @@ BODY_LIMIT = 1 << 20
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     repo, name = model_repository(tmp_path_factory.mktemp("models"))
-    settings = Settings(
-        model_repository=repo,
-        model=name,
-        port=free_port(),
-        poll_interval_s=0,
-        max_body_bytes=BODY_LIMIT,
-        log_level="warning",
+    settings = local_settings(
+        repo, model=name, max_body_bytes=BODY_LIMIT
     )  # max_image_pixels stays at its default (25 MP)
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
         info = client.get(f"/v1/models/{name}").json()

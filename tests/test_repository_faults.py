@@ -24,19 +24,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from reliability_helpers import assert_clean_error, wait_until
-from service_fixtures import (
-    build_model,
-    encode,
-    free_port,
-    metadata,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    write_version,
-)
 
 from rescom.model_repository import METADATA_FILE
-from service.config import Settings
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import build_model, metadata, tiny_reference_logits, write_version
+from rescom_dev.servers import local_settings, running_server
 
 pytestmark = pytest.mark.timeout(120)
 PNG = encode(random_images(1, seed=6)[0])
@@ -161,7 +153,7 @@ def test_broken_models_are_refused_with_a_reason_and_the_good_one_serves(
 ):
     caplog.set_level(logging.INFO, logger="rescom")
     expected = _broken_repository(tmp_path)
-    s = Settings(model_repository=tmp_path, port=free_port(), poll_interval_s=0, log_level="info")
+    s = local_settings(tmp_path, log_level="info")
     with running_server(s) as url, httpx.Client(base_url=url, timeout=30) as c:
         assert c.get("/health/ready").json()["models"] == {
             "good": {"version": 1, "provider": "CPUExecutionProvider"}
@@ -191,7 +183,7 @@ def test_failed_hot_reloads_leave_the_served_version_serving(
 ):
     caplog.set_level(logging.INFO, logger="rescom")
     write_version(tmp_path, "tiny", 1, seed=0)
-    s = Settings(model_repository=tmp_path, port=free_port(), poll_interval_s=0.1, log_level="info")
+    s = local_settings(tmp_path, poll_interval_s=0.1, log_level="info")
     full = build_model("tiny", seed=1).SerializeToString()
 
     def refused(c: httpx.Client, version: int) -> bool:
@@ -267,7 +259,7 @@ def test_a_model_that_fails_at_inference_time_gets_500_without_details(
     caplog.set_level(logging.INFO, logger="rescom")
     _write(tmp_path, "fragile", _tiny_with_tail("gather").SerializeToString())
     write_version(tmp_path, "good", 1)
-    s = Settings(model_repository=tmp_path, port=free_port(), poll_interval_s=0, log_level="info")
+    s = local_settings(tmp_path, log_level="info")
     dark = encode(np.zeros((32, 32, 3), np.uint8))
     with running_server(s) as url, httpx.Client(base_url=url, timeout=30) as c:
         post = lambda body, model: c.post(  # noqa: E731

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reliability_helpers import ROOT, leaks, model_repository, service_process
-from service_fixtures import encode, free_port, metric_value, random_images, running_server
+from reliability_helpers import ROOT, leaks, model_repository
 from starlette.routing import Route
 
+from rescom_dev.images import encode, random_images
+from rescom_dev.prometheus import metric_value
+from rescom_dev.servers import free_port, local_settings, running_server, service_process
 from service import auth
 from service.config import Settings
 from service.main import create_app
@@ -53,15 +55,7 @@ PUBLIC = {
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory):
     repo, name = model_repository(tmp_path_factory.mktemp("models"))
-    settings = Settings(
-        model_repository=repo,
-        model=name,
-        port=free_port(),
-        poll_interval_s=0,
-        api_key=KEY,
-        max_body_bytes=BODY_LIMIT,
-        log_level="debug",
-    )
+    settings = local_settings(repo, model=name, api_key=KEY, max_body_bytes=BODY_LIMIT, log_level="debug")
     app = create_app(settings)
     with running_server(settings, app) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield {"app": app, "url": url, "client": client, "name": name}

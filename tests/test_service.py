@@ -18,19 +18,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service_fixtures import (
-    TEMPERATURE,
-    encode,
-    free_port,
-    metric_value,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    wait_metric,
-    write_version,
-)
 
 from rescom.calibration import calibrated_probs, em_prior, prior_from_counts
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import TEMPERATURE, tiny_reference_logits, write_version
+from rescom_dev.prometheus import metric_value, wait_metric
+from rescom_dev.servers import local_settings, running_server
 from service.config import Settings
 from service.main import begin_drain, create_app
 
@@ -46,15 +39,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def settings(repo: Path) -> Settings:
-    return Settings(
-        model_repository=repo,
-        port=free_port(),
-        poll_interval_s=0,
-        max_queue_delay_ms=20,
-        max_body_bytes=1 << 20,
-        max_image_pixels=1_000_000,
-        log_level="warning",
-    )
+    return local_settings(repo, max_queue_delay_ms=20, max_body_bytes=1 << 20, max_image_pixels=1_000_000)
 
 
 @pytest.fixture(scope="module")
@@ -385,14 +370,7 @@ def test_draining_turns_readiness_off(app, client: httpx.Client):
 @pytest.fixture(scope="module")
 def slow_path_url(repo: Path):
     """The same service without the raw-body fast path: every request goes through FastAPI."""
-    s = Settings(
-        model_repository=repo,
-        port=free_port(),
-        poll_interval_s=0,
-        max_body_bytes=1 << 20,
-        max_image_pixels=1_000_000,
-        log_level="warning",
-    )
+    s = local_settings(repo, max_body_bytes=1 << 20, max_image_pixels=1_000_000)
     with running_server(s, create_app(s, fast_path=False)) as base:
         yield base
 
@@ -426,9 +404,7 @@ def test_fast_path_answers_exactly_like_the_fastapi_route(client, slow_path_url,
 
 
 def test_bearer_token_auth(repo: Path):
-    s = Settings(
-        model_repository=repo, port=free_port(), poll_interval_s=0, api_key="s3cret", log_level="warning"
-    )
+    s = local_settings(repo, api_key="s3cret")
     with running_server(s) as base, httpx.Client(base_url=base, timeout=30) as c:
         assert c.get("/health/ready").status_code == 200 and c.get("/v2/health/live").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
@@ -445,17 +421,14 @@ def test_bearer_token_auth(repo: Path):
 
 def test_overload_gets_503_and_queue_deadline_504(tmp_path: Path):
     write_version(tmp_path, "slow", 1, kind="slow", slow_matmuls=400, slow_dim=512)  # >= 0.35 s a batch, idle
-    s = Settings(
-        model_repository=tmp_path,
-        port=free_port(),
-        poll_interval_s=0,
+    s = local_settings(
+        tmp_path,
         max_batch_size=1,
         instances=1,
         max_queue_size=1,
         max_images_per_request=1,
         max_queue_delay_ms=0,
         request_timeout_s=0.15,
-        log_level="warning",
     )
     with running_server(s) as base:
 

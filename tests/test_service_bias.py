@@ -1,6 +1,6 @@
 """A model whose metadata carries a BCTS class bias ``b`` is served ``softmax(z / T + b + log π)`` for every prior.
 
-A real ONNX test model (``tests/service_fixtures.py``) behind a real uvicorn server; the expected posteriors are
+A real ONNX test model (``rescom_dev/onnx_models.py``) behind a real uvicorn server; the expected posteriors are
 numpy on the model's own logits (the v2 ``logits`` output), so nothing is mocked.
 """
 
@@ -12,18 +12,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import (
-    CLASS_COUNTS,
-    NUM_CLASSES,
-    TEMPERATURE,
-    encode,
-    free_port,
-    random_images,
-    running_server,
-    write_version,
-)
 
 from rescom.model_repository import METADATA_FILE
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import CLASS_COUNTS, NUM_CLASSES, TEMPERATURE, write_version
+from rescom_dev.servers import local_settings, running_server
 from service.config import Settings
 from service.repository import ModelSpecError, read_spec
 
@@ -61,7 +54,7 @@ def _with_bias(repo: Path, name: str, bias: object) -> None:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     repo = tmp_path_factory.mktemp("models")
     _with_bias(repo, "biased", BIAS.tolist())
-    return Settings(model_repository=repo, port=free_port(), poll_interval_s=0, log_level="warning")
+    return local_settings(repo)
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import encode, free_port, random_images, running_server
 
 from rescom.calibration import calibrated_probs
 from rescom.model_repository import METADATA_FILE
-from service.config import Settings
+from rescom_dev.images import encode, random_images
+from rescom_dev.servers import local_settings, running_server
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +29,7 @@ if not (REPO / "digits_lt").is_dir():
 def test_bundled_model_serves_exactly_what_onnxruntime_computes():
     import onnxruntime as ort
 
-    s = Settings(
-        model_repository=REPO, model="digits_lt", port=free_port(), poll_interval_s=0, log_level="warning"
-    )
+    s = local_settings(REPO, model="digits_lt")
     with running_server(s) as url, httpx.Client(base_url=url, timeout=60) as c:
         info = c.get("/v1/models/digits_lt").json()
         version_dir = REPO / "digits_lt" / str(info["version"])
@@ -74,9 +72,7 @@ def test_bundled_model_keeps_its_recorded_accuracy_through_http():
     test = build_datasets("digits_lt", None).test
     test.transform = None
     images, labels = zip(*(test[i] for i in range(len(test))), strict=True)
-    s = Settings(
-        model_repository=REPO, model="digits_lt", port=free_port(), poll_interval_s=0, log_level="warning"
-    )
+    s = local_settings(REPO, model="digits_lt")
     with running_server(s) as url, httpx.Client(base_url=url, timeout=60) as c:
         info = c.get("/v1/models/digits_lt").json()
         served_ids: list[int] = []

@@ -15,16 +15,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import (
-    encode,
-    free_port,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    write_version,
-)
 
-from service.config import Settings
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import tiny_reference_logits, write_version
+from rescom_dev.servers import free_port, local_settings, running_server, service_command
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +53,7 @@ def v2_logits(c: httpx.Client, x: np.ndarray) -> np.ndarray:
 def test_hot_reload_swaps_in_v2_and_refuses_a_broken_v3(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.INFO, logger="rescom")
     write_version(tmp_path, "tiny", 1, seed=0)
-    s = Settings(model_repository=tmp_path, port=free_port(), poll_interval_s=0.1, log_level="info")
+    s = local_settings(tmp_path, poll_interval_s=0.1, log_level="info")
     x = random_images(3, seed=12)
     errors: list[str] = []
     stop = threading.Event()
@@ -124,7 +118,7 @@ def test_startup_falls_back_to_the_newest_loadable_version(tmp_path: Path):
     write_version(tmp_path, "tiny", 2, broken="onnx")
     (tmp_path / "tiny" / "07").mkdir()  # not a version (leading zero), ignored like Triton does
     write_version(tmp_path, "other", 1, broken="shape")
-    s = Settings(model_repository=tmp_path, port=free_port(), poll_interval_s=0, log_level="warning")
+    s = local_settings(tmp_path)
     with running_server(s) as url, httpx.Client(base_url=url, timeout=30) as c:
         models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
         assert models["tiny"]["version"] == 1 and models["tiny"]["refused_versions"] == [2]
@@ -138,7 +132,7 @@ def test_startup_falls_back_to_the_newest_loadable_version(tmp_path: Path):
 def test_several_models_need_a_name(tmp_path: Path):
     write_version(tmp_path, "a", 1)
     write_version(tmp_path, "b", 1, seed=3)
-    s = Settings(model_repository=tmp_path, port=free_port(), poll_interval_s=0, log_level="warning")
+    s = local_settings(tmp_path)
     with running_server(s) as url, httpx.Client(base_url=url, timeout=30) as c:
         r = c.post("/predict", content=PNG, headers={"Content-Type": "image/png"})
         assert r.status_code == 400 and "model=NAME" in r.json()["error"]
@@ -152,7 +146,7 @@ def test_several_models_need_a_name(tmp_path: Path):
 
 def _serve(repo: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "service", "--model-repository", str(repo), "--port", str(port), *extra],
+        service_command(repo, port, *extra),
         cwd=ROOT,
         env={**os.environ, "RESCOM_LOG_LEVEL": "warning", **(env or {})},
         stdout=subprocess.PIPE,

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError
-from service_fixtures import CLASS_COUNTS, random_images, tiny_reference_logits, write_version
 
 from rescom.calibration import em_prior
 from rescom.model_repository import METADATA_FILE
+from rescom_dev.images import random_images
+from rescom_dev.onnx_models import CLASS_COUNTS, tiny_reference_logits, write_version
 from service.config import Settings
 from service.errors import PayloadTooLarge, Unprocessable
 from service.images import decode_image

@@ -7,20 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from service_fixtures import (
-    CLASS_COUNTS,
-    TEMPERATURE,
-    free_port,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    wait_metric,
-)
-from service_fixtures import write_version as write_model
 from tritonclient.utils import InferenceServerException
 
 from rescom.calibration import calibrated_probs, prior_from_counts
-from service.config import Settings
+from rescom_dev.images import random_images
+from rescom_dev.onnx_models import CLASS_COUNTS, TEMPERATURE, tiny_reference_logits
+from rescom_dev.onnx_models import write_version as write_model
+from rescom_dev.prometheus import wait_metric
+from rescom_dev.servers import local_settings, running_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,7 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 def triton(tmp_path_factory: pytest.TempPathFactory):
     repo: Path = tmp_path_factory.mktemp("models")
     write_model(repo, "tiny", 1)
-    settings = Settings(model_repository=repo, port=free_port(), poll_interval_s=0, log_level="warning")
+    settings = local_settings(repo)
     with running_server(settings) as url:
         client = httpclient.InferenceServerClient(url.removeprefix("http://"), network_timeout=30)
         yield client
@@ -137,7 +131,7 @@ def test_raw_binary_gzip_and_timeout_parameter(tmp_path: Path):
     import httpx
 
     write_model(tmp_path, "tiny", 1)
-    s = Settings(model_repository=tmp_path, port=free_port(), poll_interval_s=0, log_level="warning")
+    s = local_settings(tmp_path)
     x = random_images(2, seed=21)
     with running_server(s) as url, httpx.Client(base_url=url, timeout=30) as c:
         # Raw binary request: Inference-Header-Content-Length 0, the body is one image; all outputs binary.
@@ -182,15 +176,7 @@ def test_timeout_parameter_expires_in_the_queue(tmp_path: Path):
     import httpx
 
     write_model(tmp_path, "slow", 1, kind="slow", slow_matmuls=100, slow_dim=512)
-    s = Settings(
-        model_repository=tmp_path,
-        port=free_port(),
-        poll_interval_s=0,
-        max_batch_size=1,
-        instances=1,
-        max_queue_delay_ms=0,
-        log_level="warning",
-    )
+    s = local_settings(tmp_path, max_batch_size=1, instances=1, max_queue_delay_ms=0)
     x = random_images(1)
     body = {
         "inputs": [

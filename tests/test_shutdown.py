@@ -25,8 +25,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reliability_helpers import service_process, wait_until
-from service_fixtures import encode, free_port, metric_value, random_images, write_version
+from reliability_helpers import wait_until
+
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import write_version
+from rescom_dev.prometheus import metric_value
+from rescom_dev.servers import free_port, service_process
 
 pytestmark = pytest.mark.timeout(120)
 PNG = encode(random_images(1, seed=9)[0])

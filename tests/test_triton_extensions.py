@@ -10,9 +10,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import json_format
-from service_fixtures import free_port, random_images, running_server, write_version
 from tritonclient.utils import InferenceServerException
 
+from rescom_dev.images import random_images
+from rescom_dev.onnx_models import write_version
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 from service.grpc_messages import triton_message_class
 

@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 import yaml
 from google.protobuf import json_format
-from service_fixtures import free_port, random_images, running_server, write_version
 from starlette.testclient import TestClient
 
+from rescom_dev.images import random_images
+from rescom_dev.onnx_models import write_version
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 from service.grpc_messages import DESCRIPTOR_FILE, PROTO_FILE, SERVICE, TRITON_DESCRIPTOR_FILE, message_class
 from service.main import create_app

@@ -22,12 +22,9 @@ import contextlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +32,11 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rescom_dev.servers import free_port, service_command, stop_process, wait_ready  # noqa: E402
+
 LUA = Path(__file__).resolve().parent / "post.lua"
 ENV = {
     "RESCOM_MODEL_REPOSITORY": str(ROOT / "models"),
@@ -48,16 +50,10 @@ ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def command(frontend: str, port: int, granian_path: Path) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT)}
     if frontend == "rescom":
-        return [sys.executable, "-m", "service", "--port", str(port)], env
+        return service_command(None, port), env
     if frontend == "uvicorn":
         args = ["--http", "httptools", "--loop", "uvloop", "--port", str(port), "--log-level", "warning"]
         return [sys.executable, "-m", "uvicorn", "service.main:app", *args], env
@@ -87,9 +83,9 @@ def cpu_seconds(pid: int) -> float:
     children), from ``/proc``."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+        with contextlib.suppress(ValueError, OSError, IndexError):  # ValueError: not a process folder
+            pid_entry = int(entry)
+            children.setdefault(int(_stat(pid_entry)[1]), []).append(pid_entry)
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
@@ -107,21 +103,13 @@ def serving(frontend: str, granian_path: Path) -> Iterator[tuple[str, int]]:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(url + "/health/ready", timeout=1).status == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{frontend} did not start ({' '.join(cmd)})")
-            time.sleep(0.1)
+        try:
+            wait_ready(url, proc, timeout=60)
+        except RuntimeError as err:
+            raise RuntimeError(f"{frontend} did not start ({' '.join(cmd)}): {err}") from None
         yield url, proc.pid
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-        if proc.poll() is None:
-            proc.kill()
+        stop_process(proc, graceful_s=30)
 
 
 def manifest(folder: Path) -> Path:

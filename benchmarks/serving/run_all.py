@@ -36,12 +36,12 @@ from benchmarks.serving.accuracy import check_server, offline_reference  # noqa:
 from benchmarks.serving.apps.pipeline import AppSettings, Pipeline  # noqa: E402
 from benchmarks.serving.config import RAW_DIR, RESULTS_DIR, BenchConfig  # noqa: E402
 from benchmarks.serving.envs import ensure_env, package_versions  # noqa: E402
-from benchmarks.serving.machine import busy_cpu_seconds, describe_machine, load_average  # noqa: E402
 from benchmarks.serving.reference import measure_reference  # noqa: E402
 from benchmarks.serving.servers import SERVERS, RunningServer, ServerSpec, start_server  # noqa: E402
 from benchmarks.serving.workload import Image, load_images, write_wrk_requests  # noqa: E402
 from benchmarks.serving.wrk import run_wrk, wrk_version  # noqa: E402
 from rescom import model_repository as mr  # noqa: E402
+from rescom_dev.machine import busy_cpu_seconds, describe_machine, load_average  # noqa: E402
 
 VERSION_PACKAGES = {
     "rescom": ["fastapi", "uvicorn", "onnxruntime", "numpy", "pillow"],

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sysconfig
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from benchmarks.serving.apps.pipeline import BatchCounter
 from benchmarks.serving.config import ENVS_DIR, ROOT, BenchConfig
+from rescom_dev.servers import free_port, service_command
 
 __all__ = ["SERVERS", "ServerSpec", "RunningServer", "start_server", "free_port"]
 
@@ -95,13 +95,6 @@ SERVERS: tuple[ServerSpec, ...] = (
         "KServe v2 binary request",
     ),
 )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -211,17 +204,7 @@ class RunningServer:
 def _command(spec: ServerSpec, python: Path, repo: Path, port: int) -> list[str]:
     if spec.key == OURS:
         name = next(p.name for p in repo.iterdir())
-        return [
-            str(python),
-            "-m",
-            "service",
-            "--model-repository",
-            str(repo),
-            "--model",
-            name,
-            "--port",
-            str(port),
-        ]
+        return service_command(repo, port, "--model", name, python=python)
     if spec.key == "bentoml":
         bentoml = str(python.parent / "bentoml")
         app = "benchmarks.serving.apps.bentoml_app:Classifier"

@@ -1,4 +1,4 @@
-"""Helpers for the service tests: real ONNX models built with ``onnx.helper``, model repositories, servers.
+"""Tiny ONNX models built with ``onnx.helper`` and model repositories holding them (tests, benchmarks, scripts).
 
 The models follow the repository contract of docs/architecture.md exactly (``images`` uint8 ``[N, 32, 32, 3]``
 with a dynamic batch axis in, ``logits`` float32 ``[N, C]`` out, ``rescom.json`` beside ``model.onnx``), so the
@@ -16,23 +16,15 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import os
-import shutil
-import socket
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
 
 from rescom.model_repository import METADATA_FILE
 
@@ -229,7 +221,7 @@ def metadata(
             "fp16": False,
         },
         "rescom_version": "0.1.0",
-        "export_command": "tests/service_fixtures.py",
+        "export_command": "rescom_dev/onnx_models.py",
         "created_utc": "2026-11-28T00:00:00Z",
     }
 
@@ -275,129 +267,3 @@ def write_version(
     (repo / name / "config.pbtxt").write_text(config)
     (repo / name / "labels.txt").write_text("\n".join(str(i) for i in range(num_classes)) + "\n")
     return vdir
-
-
-# ---------------------------------------------------------------------------------------------- images
-
-
-def random_images(n: int, size: int = CROP, seed: int = 0) -> np.ndarray:
-    """``n`` uint8 ``[size, size, 3]`` images, each a random flat colour plus noise (classes differ by colour)."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (n, 1, 1, 3))
-    noise = rng.integers(-20, 21, (n, size, size, 3))
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
-
-
-def encode(image: np.ndarray, fmt: str = "PNG") -> bytes:
-    """Encode one uint8 ``[H, W, 3]`` image (lossless formats round-trip exactly)."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(settings: Any, app: Any = None, ready_timeout: float = 30.0) -> Iterator[str]:
-    """Run ``app`` (default ``create_app(settings)``) under uvicorn in a background thread on
-    ``settings.port``; yield ``http://127.0.0.1:PORT``.
-
-    Waits until ``/health/ready`` answers 200 (models loaded and warmed) and stops the server afterwards.
-    """
-    import httpx
-    import uvicorn
-
-    from service.main import create_app
-
-    config = uvicorn.Config(
-        app if app is not None else create_app(settings),
-        host="127.0.0.1",
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + ready_timeout
-    try:
-        while True:
-            if not thread.is_alive():
-                raise RuntimeError("the test server exited during startup; see the log above")
-            try:
-                if httpx.get(url + "/health/ready", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server at {url} not ready after {ready_timeout} s")
-            time.sleep(0.05)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels`` in a Prometheus text exposition."""
-    total, found = 0.0, False
-    for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, label_text = head.partition("{")
-        if metric != name:
-            continue
-        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-            total += float(value)
-            found = True
-    if not found:
-        raise KeyError(f"no sample {name} with labels {labels}")
-    return total
-
-
-async def wait_metric(ac: Any, name: str, minimum: float, **labels: str) -> None:
-    """Poll ``/metrics`` with an ``httpx.AsyncClient`` until ``name{labels} >= minimum`` (ordering without sleeps)."""
-    import asyncio
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if metric_value((await ac.get("/metrics")).text, name, **labels) >= minimum:
-                return
-        except KeyError:
-            pass
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{name} never reached {minimum}")
-
-
-# Headless Chromium for the demo-page tests and scripts/demo_screenshots.py: the flags keep it off the network
-# (this machine has none) and let it run as root.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def chromium_path() -> str | None:
-    """The system Chromium: ``$RESCOM_CHROMIUM``, else ``chromium`` / ``chromium-browser`` on ``PATH``."""
-    explicit = os.environ.get("RESCOM_CHROMIUM")
-    if explicit:
-        return explicit if Path(explicit).is_file() else None
-    return shutil.which("chromium") or shutil.which("chromium-browser")

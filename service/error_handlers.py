@@ -45,8 +45,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _client_disconnect(request: Request, exc: Exception) -> Response:
-    """The client went away while sending the body: nobody reads the answer; counted as 400, not logged as a bug
-    (the raw-body fast path answers the same)."""
+    """The client went away while sending the body: counted as 400, not logged as a bug.
+
+    Nobody reads the answer; the raw-body fast path answers the same.
+    """
     return error_response(400, "client disconnected while sending the body")
 
 

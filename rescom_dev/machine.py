@@ -1,4 +1,4 @@
-"""What the numbers were measured on: CPU, cores, memory, OS, load, tool versions."""
+"""What the numbers were measured on: CPU, cores, memory, OS, load (for every result under benchmarks/results/)."""
 
 from __future__ import annotations
 
