@@ -445,6 +445,7 @@ def _metadata(
             "max_abs_diff": parity.max_abs_diff,
             "argmax_identical": parity.argmax_agree,
             "tolerance": parity.tolerance,
+            "allowed_abs_diff": parity.allowed,
         },
         "rescom_version": __version__,
         "export_command": command,

@@ -10,6 +10,7 @@ import pytest
 
 from export.exporter import export_checkpoint, fit_calibration, split_images
 from export.to_onnx import main as to_onnx_main
+from export.verify import ParityResult, _argmax_agrees
 from rescom.calibration import fit_bias_corrected_temperature
 from rescom.checkpoint import load_checkpoint
 from rescom.model_repository import METADATA_FILE
@@ -181,3 +182,16 @@ def test_onnx_reproduces_the_recorded_test_accuracy_without_torch(exported, tmp_
     assert f"raw argmax {metrics['acc']:.2f} %" in out
     assert f"served (calibrated, uniform prior) {meta['metrics']['served']['top1']:.2f} %" in out
     assert "torch imported: False" in out
+
+
+def test_parity_tolerance_scales_with_the_logits_and_ties_are_not_disagreements():
+    """float32 rounding grows with |z|: the allowed difference is tolerance * max(1, max |z|), and a swapped
+    argmax counts only where the reference's top two are further apart than the rounding."""
+    large = ParityResult(3e-2, True, {1: 3e-2}, 1e-4, "CPUExecutionProvider", scale=400.0)
+    assert large.ok and large.allowed == pytest.approx(4e-2)
+    small = ParityResult(3e-2, True, {1: 3e-2}, 1e-4, "CPUExecutionProvider", scale=1.0)
+    assert not small.ok and "FAILED" in small.summary()
+    ref = np.array([[5.0, 5.0 + 1e-6, 0.0], [1.0, 3.0, 0.0]])  # row 0: a tie within rounding
+    got = np.array([[5.0 + 2e-6, 5.0, 0.0], [1.0, 3.0, 0.0]])
+    assert _argmax_agrees(got, ref, tie=1e-5)
+    assert not _argmax_agrees(np.array([[9.0, 0.0, 0.0], [9.0, 0.0, 0.0]]), ref, tie=1e-5)  # row 1 is decided
