@@ -7,19 +7,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import (
-    CLASS_COUNTS,
-    TEMPERATURE,
-    encode,
-    free_port,
-    metric_value,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    write_version,
-)
 
 from rescom.calibration import prior_from_counts
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import CLASS_COUNTS, TEMPERATURE, tiny_reference_logits, write_version
+from rescom_dev.prometheus import metric_value
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 from service.label_shift import kl_divergence, prediction_share
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_fixtures import encode, free_port, random_images, running_server, write_version
 
 from export import promote
 from rescom import model_repository as mr
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import write_version
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 
 pytestmark = pytest.mark.timeout(120)

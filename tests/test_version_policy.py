@@ -10,17 +10,12 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from service_fixtures import (
-    encode,
-    free_port,
-    random_images,
-    running_server,
-    tiny_reference_logits,
-    write_version,
-)
 from tritonclient.utils import InferenceServerException
 
 from rescom import model_repository as mr
+from rescom_dev.images import encode, random_images
+from rescom_dev.onnx_models import tiny_reference_logits, write_version
+from rescom_dev.servers import free_port, running_server
 from service.config import Settings
 
 pytestmark = pytest.mark.timeout(120)
