@@ -38,6 +38,7 @@ from rescom.calibration import calibrate_logits, em_prior, log_prior, log_softma
 __all__ = [
     "ESTIMATORS",
     "DEFAULT_ESTIMATOR",
+    "FALLBACK_ESTIMATOR",
     "ShiftEstimate",
     "parse_estimator",
     "soft_confusion",
@@ -52,8 +53,11 @@ __all__ = [
 ]
 
 ESTIMATORS = ("em", "map_em", "bbse", "rlls")
-#: Chosen by ``benchmarks/label_shift.py`` (see docs/evaluation.md): guarded MAP-EM toward the training prior.
-DEFAULT_ESTIMATOR = "map_em+guard"
+#: Chosen by ``benchmarks/label_shift.py`` (docs/evaluation.md): guarded RLLS where the model records its
+#: validation confusion matrix, guarded EM where it does not (:data:`FALLBACK_ESTIMATOR`).
+DEFAULT_ESTIMATOR = "rlls+guard"
+#: What runs instead of ``bbse`` / ``rlls`` for a model without ``calibration.confusion``.
+FALLBACK_ESTIMATOR = "em+guard"
 CONFUSION_ESTIMATORS = ("bbse", "rlls")
 #: A guarded estimator trusts no estimate from fewer images than this (or 2·C): it keeps a fixed prior.
 MIN_GUARD_WINDOW = 16

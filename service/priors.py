@@ -20,7 +20,7 @@ import numpy as np
 from rescom.calibration import normalize_prior
 from rescom.label_shift import (
     CONFUSION_ESTIMATORS,
-    DEFAULT_ESTIMATOR,
+    FALLBACK_ESTIMATOR,
     ShiftEstimate,
     estimate_prior,
     parse_estimator,
@@ -172,7 +172,7 @@ class AdaptivePrior:
     ``π_train`` by the amount of evidence in the window), ``bbse`` or ``rlls`` (the validation split's soft
     confusion matrix, ``calibration.confusion`` of ``rescom.json``), each optionally ``+guard`` (fall back to
     the better fixed prior when the estimate does not raise held-out likelihood). A confusion estimator
-    without a confusion matrix falls back to :data:`rescom.label_shift.DEFAULT_ESTIMATOR`.
+    without a confusion matrix falls back to :data:`rescom.label_shift.FALLBACK_ESTIMATOR` (guarded EM).
 
     Args:
         num_classes: ``C``.
@@ -238,7 +238,7 @@ class AdaptivePrior:
 
     def resolve(self, estimator: str | None = None) -> str:
         """The estimator that will run for ``estimator`` (``None`` = the default): a confusion estimator
-        without a confusion matrix becomes :data:`rescom.label_shift.DEFAULT_ESTIMATOR`.
+        without a confusion matrix becomes :data:`rescom.label_shift.FALLBACK_ESTIMATOR`.
 
         Raises:
             ValueError: an unknown estimator name.
@@ -246,7 +246,7 @@ class AdaptivePrior:
         name = self.estimator if estimator is None else estimator.strip().lower()
         base, _ = parse_estimator(name)
         if base in CONFUSION_ESTIMATORS and self.confusion is None:
-            return DEFAULT_ESTIMATOR
+            return FALLBACK_ESTIMATOR
         return name
 
     def observe(self, logits: np.ndarray) -> None:

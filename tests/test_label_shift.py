@@ -142,3 +142,40 @@ def test_auto_calibration_fits_a_single_temperature_on_tiny_validation_sets():
     assert used == "bcts_count" and b is not None and b.shape == (C,)
     with pytest.raises(ValueError, match="auto, bcts"):
         fit_calibration_for_split(z, y, fit="platt")
+
+
+def test_service_adaptive_prior_runs_the_chosen_estimator_and_falls_back_without_a_confusion_matrix():
+    import asyncio
+
+    from service.priors import AdaptivePrior
+
+    val_z, val_y = gaussian_logits(np.full(C, 40), seed=13)
+    z, _ = gaussian_logits(SHIFTED, seed=14)
+    plain = AdaptivePrior(
+        C, 1.0, window=4096, update_every=8, estimator="rlls+guard", train_prior=TRAIN_PRIOR
+    )
+    assert plain.resolve() == "em+guard" and plain.resolve("bbse") == "em+guard"
+    np.testing.assert_allclose(plain.current(), 1 / C)  # em starts uniform
+    m = soft_confusion(val_z, val_y)
+    ap = AdaptivePrior(
+        C,
+        1.0,
+        window=4096,
+        update_every=8,
+        estimator="rlls+guard",
+        train_prior=TRAIN_PRIOR,
+        confusion=m,
+        n_val=200,
+    )
+    np.testing.assert_allclose(ap.current(), TRAIN_PRIOR)  # rlls starts at pi_train
+    ap.observe(z.astype(np.float32))
+    pi = asyncio.run(ap.estimate())
+    want = estimate_prior(z.astype(np.float32), TRAIN_PRIOR, "rlls+guard", confusion=m, n_val=200).prior
+    np.testing.assert_allclose(pi, want, atol=1e-6)
+    state = ap.snapshot()
+    assert state["estimator"] == "rlls+guard" and state["estimator_used"] in ("rlls", "uniform", "train")
+    em = asyncio.run(ap.estimate(estimator="em"))
+    np.testing.assert_allclose(em, estimate_prior(z.astype(np.float32), TRAIN_PRIOR, "em").prior, atol=1e-6)
+    assert asyncio.run(ap.estimate()) is pi  # the default's cached estimate is untouched
+    with pytest.raises(ValueError, match="not one of"):
+        asyncio.run(ap.estimate(estimator="oracle"))
