@@ -478,9 +478,10 @@ def em_prior(
 
 #: Calibration fits :func:`fit_calibration_for_split` knows (``auto`` picks one from the validation counts).
 CALIBRATION_FITS = ("auto", "bcts", "bcts_count", "temperature")
-#: Below this many validation images in the rarest class, ``auto`` fits a single ``T`` (``b = 0``): measured
-#: by ``benchmarks/label_shift.py`` (docs/evaluation.md), where per-class biases fitted on 3-5 images per class
-#: cost the adaptive prior accuracy.
+#: From this many validation images in the rarest class up, ``auto`` scales each class's bias prior by its
+#: count (``bcts_count``); below, it keeps one ``σ`` (``bcts``). Measured by ``benchmarks/label_shift.py``
+#: (docs/evaluation.md): with 3 or 5 images per class a single ``T`` (``b = 0``) lost 3 points of top-1 to BCTS
+#: on a weak model, and ``bcts`` beat ``bcts_count`` there; with 10 per class ``bcts_count`` was ahead.
 SMALL_VAL_PER_CLASS = 10
 
 
@@ -500,8 +501,8 @@ def fit_calibration_for_split(
         logits: ``[N, C]`` raw validation logits.
         labels: ``[N]``.
         fit: ``bcts`` (one ``σ``), ``bcts_count`` (``σ_c`` by :func:`count_scaled_bias_std`), ``temperature``
-            (``b = 0``), or ``auto``: ``temperature`` when the rarest class has fewer than
-            :data:`SMALL_VAL_PER_CLASS` validation images, else ``bcts_count``.
+            (``b = 0``), or ``auto``: ``bcts`` when the rarest class has fewer than :data:`SMALL_VAL_PER_CLASS`
+            validation images, else ``bcts_count``.
         sigma: ``σ`` of the bias prior.
 
     Returns:
@@ -512,7 +513,7 @@ def fit_calibration_for_split(
     z = np.asarray(logits, dtype=np.float64)
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=z.shape[1])
     if fit == "auto":
-        fit = "temperature" if counts.min() < SMALL_VAL_PER_CLASS else "bcts_count"
+        fit = "bcts" if counts.min() < SMALL_VAL_PER_CLASS else "bcts_count"
     if fit == "temperature":
         return fit_temperature(z, labels), None, fit
     std = count_scaled_bias_std(counts, sigma) if fit == "bcts_count" else sigma

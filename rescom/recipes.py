@@ -12,9 +12,9 @@ images) or wasteful. :func:`recommend` derives them from ``n_c`` (training image
 - ``batch`` (``optim.batch_size``): a power of two near ``N / 8`` (at least 8 steps per epoch), in 16..128.
 - ``epochs`` (``optim.epochs``): enough optimisation steps for the contrastive queue and embedding to become
   useful, ``max(30, ceil(1500 / steps_per_epoch))`` capped at 400, and
-- ``con_warmup_epochs``: the contrastive weight λ ramps linearly from 0 over the first 30 % of the epochs
-  (:func:`contrastive_weight`): while the queue holds keys of a random embedding, its gradient is noise that
-  costs the rare classes most (measured: docs/evaluation.md, scripts/ablation.py).
+- ``con_warmup_epochs``: 0. A linear ramp of λ from 0 (:func:`contrastive_weight`, ``loss.con_warmup_epochs``)
+  was the hypothesis for ResCom's short-budget deficit; on digits-LT IF 100 at 20 epochs it cost 4-6 points of
+  top-1 and 5-9 of Few instead (docs/evaluation.md), so it stays an ablation axis, off by default.
 
 :func:`check` returns the warnings a run should print (K above the rarest class, Qn above K·(C−1), Qp above
 K). ``python -m rescom.recipes DATA_DIR`` prints the recommended overrides for ``training/train.py``.
@@ -70,7 +70,7 @@ def recommend(class_counts: Sequence[int]) -> Recipe:
         num_negatives=min(k * (c - 1), 40 * k),
         batch_size=batch,
         epochs=epochs,
-        con_warmup_epochs=int(round(0.3 * epochs)),
+        con_warmup_epochs=0,
     )
 
 

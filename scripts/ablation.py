@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variant", action="append", help="NAME:KEY=VALUE,... (repeatable)")
     p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--collect", action="store_true", help="train nothing: tabulate the runs that finished")
     args = p.parse_args(argv)
     variants = [
         parse_variant(v) for v in args.variant or ["rescom:", "bs:method=balanced_softmax", "ce:method=ce"]
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, items in variants:
                 run_dir = out / f"{name}_e{epochs}_s{seed}"
                 if not (run_dir / "metrics.json").exists():
+                    if args.collect:
+                        continue
                     cmd = [
                         sys.executable,
                         "training/train.py",

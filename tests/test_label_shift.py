@@ -133,9 +133,11 @@ def test_per_class_bias_std_holds_rare_classes_near_zero():
     assert abs(b_count[4] - b_count.mean()) < abs(b_one[4] - b_one.mean())
 
 
-def test_auto_calibration_fits_a_single_temperature_on_tiny_validation_sets():
+def test_auto_calibration_picks_the_bias_prior_by_validation_size():
     z, y = gaussian_logits(np.full(C, 3), seed=10)
     t, b, used = fit_calibration_for_split(z, y)
+    assert used == "bcts" and b is not None and t > 0
+    t, b, used = fit_calibration_for_split(z, y, fit="temperature")
     assert used == "temperature" and b is None and t > 0
     z, y = gaussian_logits(np.full(C, 30), seed=11)
     _, b, used = fit_calibration_for_split(z, y)
