@@ -54,6 +54,7 @@ def settings(repo: Path) -> Settings:
         max_body_bytes=1 << 20,
         max_image_pixels=1_000_000,
         log_level="warning",
+        adaptive_estimator="em",  # the adaptive tests check the plain EM arithmetic
     )
 
 

@@ -60,7 +60,13 @@ def _with_bias(repo: Path, name: str, bias: object) -> None:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     repo = tmp_path_factory.mktemp("models")
     _with_bias(repo, "biased", BIAS.tolist())
-    return Settings(model_repository=repo, port=free_port(), poll_interval_s=0, log_level="warning")
+    return Settings(
+        model_repository=repo,
+        port=free_port(),
+        poll_interval_s=0,
+        log_level="warning",
+        adaptive_estimator="em",
+    )
 
 
 @pytest.fixture(scope="module")
