@@ -352,7 +352,7 @@ class ModelRegistry:
             estimator=s.adaptive_estimator,
             train_prior=spec.train_prior,
             confusion=getattr(spec, "confusion", None),  # calibration.confusion of rescom.json, when parsed
-            n_val=getattr(spec, "val_images", 0),
+            n_val=int(sum(getattr(spec, "val_counts", None) or ())),  # calibration.val_counts
         )
 
     async def _retire(self, old: ServedModel) -> None:
