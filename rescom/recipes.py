@@ -13,8 +13,9 @@ images) or wasteful. :func:`recommend` derives them from ``n_c`` (training image
 - ``epochs`` (``optim.epochs``): enough optimisation steps for the contrastive queue and embedding to become
   useful, ``max(30, ceil(1500 / steps_per_epoch))`` capped at 400, and
 - ``con_warmup_epochs``: 0. A linear ramp of λ from 0 (:func:`contrastive_weight`, ``loss.con_warmup_epochs``)
-  was the hypothesis for ResCom's short-budget deficit; on digits-LT IF 100 at 20 epochs it cost 4-6 points of
-  top-1 and 5-9 of Few instead (docs/evaluation.md), so it stays an ablation axis, off by default.
+  was the hypothesis for ResCom's short-budget deficit; on digits-LT IF 100 at 20 epochs (3 seeds) it moved the
+  mean by +1.2 top-1 but was worse in 2 of 3 seeds (docs/evaluation.md), so it stays an ablation axis, off by
+  default.
 
 :func:`check` returns the warnings a run should print (K above the rarest class, Qn above K·(C−1), Qp above
 K). ``python -m rescom.recipes DATA_DIR`` prints the recommended overrides for ``training/train.py``.
