@@ -162,13 +162,13 @@ async def replay_adaptive(
     z: np.ndarray, cal: Calibrated, estimator: str, train_prior: np.ndarray, request_size: int
 ) -> np.ndarray:
     """Predictions ``[N]`` of the service's adaptive prior replayed over a stream of raw logits ``z``."""
-    s = Settings()
+    defaults = {k: f.default for k, f in Settings.model_fields.items()}  # the service's settings, unvalidated
     state = AdaptivePrior(
         z.shape[1],
         cal.temperature,
-        window=s.adaptive_window,
-        alpha=s.adaptive_alpha,
-        update_every=s.adaptive_update_every,
+        window=defaults["adaptive_window"],
+        alpha=defaults["adaptive_alpha"],
+        update_every=defaults["adaptive_update_every"],
         class_bias=cal.bias,
         estimator=estimator,
         train_prior=train_prior,
