@@ -43,6 +43,9 @@ __all__ = [
     "expected_calibration_error",
     "reliability_bins",
     "em_prior",
+    "CALIBRATION_FITS",
+    "count_scaled_bias_std",
+    "fit_calibration_for_split",
 ]
 
 ArrayLike = Sequence[float] | np.ndarray
@@ -306,7 +309,7 @@ def fit_temperature(
 def fit_bias_corrected_temperature(
     logits: np.ndarray,
     labels: np.ndarray,
-    bias_prior_std: float | None = 1.0,
+    bias_prior_std: float | ArrayLike | None = 1.0,
     bounds: tuple[float, float] = (0.05, 20.0),
     max_iter: int = 100,
     tol: float = 1e-12,
@@ -331,7 +334,8 @@ def fit_bias_corrected_temperature(
     Args:
         logits: ``[N, C]`` raw logits ``z``.
         labels: ``[N]`` labels in ``0..C-1``.
-        bias_prior_std: ``σ > 0`` of the Gaussian prior on ``b`` (logit units), or ``None`` for plain maximum
+        bias_prior_std: ``σ > 0`` of the Gaussian prior on ``b`` (logit units; a scalar or one ``σ_c`` per class,
+            e.g. :func:`count_scaled_bias_std` for tiny validation splits), or ``None`` for plain maximum
             likelihood (then every class needs at least one labelled sample, else its bias runs to ``−∞``).
         bounds: ``(T_min, T_max)``.
         max_iter: Newton iterations at most.
@@ -360,10 +364,11 @@ def fit_bias_corrected_temperature(
                 f"classes {missing[:10].tolist()} have no labelled sample: their maximum-likelihood bias is "
                 "-inf; pass bias_prior_std > 0"
             )
-    elif not (np.isfinite(bias_prior_std) and bias_prior_std > 0):
-        raise ValueError(f"bias_prior_std must be a finite number > 0 or None, got {bias_prior_std}")
     else:
-        lam = 1.0 / float(bias_prior_std) ** 2
+        sigma = np.broadcast_to(np.asarray(bias_prior_std, dtype=np.float64), (c,))
+        if not (np.all(np.isfinite(sigma)) and np.all(sigma > 0)):
+            raise ValueError(f"bias_prior_std must be finite numbers > 0 or None, got {bias_prior_std}")
+        lam = 1.0 / sigma**2  # [C]
     beta_lo, beta_hi = 1.0 / bounds[1], 1.0 / bounds[0]
     onehot = np.zeros((n, c))
     onehot[np.arange(n), y] = 1.0
@@ -373,7 +378,7 @@ def fit_bias_corrected_temperature(
         a = beta * z + b  # [N, C]
         m = a.max(axis=1)
         lse = m + np.log(np.exp(a - m[:, None]).sum(axis=1))
-        return float(np.sum(lse - beta * z_true - b[y]) + 0.5 * lam * (b @ b) + 0.5 * b.sum() ** 2)
+        return float(np.sum(lse - beta * z_true - b[y]) + 0.5 * np.sum(lam * b * b) + 0.5 * b.sum() ** 2)
 
     beta = float(np.clip(1.0, beta_lo, beta_hi))
     b = np.zeros(c)
@@ -388,7 +393,7 @@ def fit_bias_corrected_temperature(
         hess = np.empty((c + 1, c + 1))
         hess[0, 0] = np.sum(p * z * z) - ez @ ez  # Σ_i Var_p(z_i)
         hess[0, 1:] = hess[1:, 0] = np.sum(p * z, axis=0) - p.T @ ez  # Σ_i Cov_p(z_i, e_c)
-        hess[1:, 1:] = np.diag(p.sum(axis=0)) - p.T @ p + lam * np.eye(c) + 1.0  # + gauge 11ᵀ
+        hess[1:, 1:] = np.diag(p.sum(axis=0) + lam) - p.T @ p + 1.0  # + gauge 11ᵀ
         free = np.ones(c + 1, dtype=bool)
         # β at a bound with the gradient pushing outwards: hold it there and step in b only.
         if (beta <= beta_lo and grad[0] > 0) or (beta >= beta_hi and grad[0] < 0):
@@ -469,3 +474,48 @@ def em_prior(
         if delta < tol:
             break
     return pi, it
+
+
+#: Calibration fits :func:`fit_calibration_for_split` knows (``auto`` picks one from the validation counts).
+CALIBRATION_FITS = ("auto", "bcts", "bcts_count", "temperature")
+#: From this many validation images in the rarest class up, ``auto`` scales each class's bias prior by its
+#: count (``bcts_count``); below, it keeps one ``σ`` (``bcts``). Measured by ``benchmarks/label_shift.py``
+#: (docs/evaluation.md): with 3 or 5 images per class a single ``T`` (``b = 0``) lost 3 points of top-1 to BCTS
+#: on a weak model, and ``bcts`` beat ``bcts_count`` there; with 10 per class ``bcts_count`` was ahead.
+SMALL_VAL_PER_CLASS = 10
+
+
+def count_scaled_bias_std(val_counts: ArrayLike, sigma: float = 1.0, n_ref: int = 20) -> np.ndarray:
+    """Per-class ``σ_c = σ · sqrt(min(1, n_c / n_ref))``: a class with few validation images ``n_c`` gets a
+    tighter Gaussian prior on its bias ``b_c`` (``[C]``), so a handful of images cannot move it far."""
+    counts = np.asarray(val_counts, dtype=np.float64)
+    return sigma * np.sqrt(np.clip(counts / float(n_ref), 1e-3, 1.0))
+
+
+def fit_calibration_for_split(
+    logits: np.ndarray, labels: np.ndarray, fit: str = "auto", sigma: float = 1.0
+) -> tuple[float, np.ndarray | None, str]:
+    """Fit ``T`` (and ``b``) on a labelled split with a method suited to its size.
+
+    Args:
+        logits: ``[N, C]`` raw validation logits.
+        labels: ``[N]``.
+        fit: ``bcts`` (one ``σ``), ``bcts_count`` (``σ_c`` by :func:`count_scaled_bias_std`), ``temperature``
+            (``b = 0``), or ``auto``: ``bcts`` when the rarest class has fewer than :data:`SMALL_VAL_PER_CLASS`
+            validation images, else ``bcts_count``.
+        sigma: ``σ`` of the bias prior.
+
+    Returns:
+        ``(T, b or None, fit used)``.
+    """
+    if fit not in CALIBRATION_FITS:
+        raise ValueError(f"calibration fit must be one of {', '.join(CALIBRATION_FITS)}, got {fit!r}")
+    z = np.asarray(logits, dtype=np.float64)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=z.shape[1])
+    if fit == "auto":
+        fit = "bcts" if counts.min() < SMALL_VAL_PER_CLASS else "bcts_count"
+    if fit == "temperature":
+        return fit_temperature(z, labels), None, fit
+    std = count_scaled_bias_std(counts, sigma) if fit == "bcts_count" else sigma
+    t, b = fit_bias_corrected_temperature(z, labels, bias_prior_std=std)
+    return t, b, fit

@@ -45,6 +45,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "num_positives": 1,  # Qp
         "num_negatives": 400,  # Qn
         "beta": 0.999999,  # β of the effective number
+        "con_warmup_epochs": 0,  # λ ramps from 0 over these epochs (rescom.recipes.contrastive_weight)
     },
     "optim": {
         "batch_size": 128,  # per view, global (split over ranks)

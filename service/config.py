@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from rescom.label_shift import DEFAULT_ESTIMATOR, parse_estimator
 from rescom.model_repository import MODEL_NAME_PATTERN
 
 __all__ = ["Settings", "get_settings", "usable_cpus", "MODEL_NAME_PATTERN"]
@@ -172,6 +173,11 @@ class Settings(BaseSettings):
         2.0, ge=1.0, description="symmetric Dirichlet alpha of the EM M-step (1 = ML)"
     )
     adaptive_update_every: int = Field(64, ge=1, description="new images between two EM re-estimates")
+    adaptive_estimator: str = Field(
+        DEFAULT_ESTIMATOR,
+        description="label-shift estimator of the adaptive prior: em, map_em, bbse or rlls, optionally +guard "
+        "(bbse / rlls need calibration.confusion in rescom.json, else the default runs)",
+    )
 
     # --- operations
     poll_interval_s: float = Field(5.0, ge=0, description="repository polling for new versions; 0 disables")
@@ -228,6 +234,12 @@ class Settings(BaseSettings):
         if not value or any(b < 1 for b in value):
             raise ValueError(f"batch_sizes must be positive integers, got {value}")
         return sorted(set(value))
+
+    @field_validator("adaptive_estimator")
+    @classmethod
+    def _check_estimator(cls, value: str) -> str:
+        parse_estimator(value)  # ValueError: one line naming the allowed estimators
+        return value.strip().lower()
 
     @field_validator("default_prior")
     @classmethod

@@ -1,8 +1,8 @@
 """Request options for calibration (prior, temperature, top_k) and the adaptive prior's state per model.
 
 The maths lives in :mod:`rescom.calibration`; this module only parses and validates what clients send and
-keeps the sliding window of recent logits from which the deployment prior ``π_t`` is re-estimated by EM
-(Saerens et al. 2002, Dirichlet-MAP M-step: :func:`rescom.calibration.em_prior`).
+keeps the sliding window of recent logits from which the deployment prior ``π_t`` is re-estimated
+(:mod:`rescom.label_shift`: EM, MAP-EM, BBSE or RLLS, guarded against estimates that lower held-out likelihood).
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from rescom.calibration import em_prior, normalize_prior
+from rescom.calibration import normalize_prior
+from rescom.label_shift import (
+    CONFUSION_ESTIMATORS,
+    FALLBACK_ESTIMATOR,
+    ShiftEstimate,
+    estimate_prior,
+    parse_estimator,
+)
 from service.errors import BadRequest, Unprocessable
 from service.repository import ModelSpec
 
@@ -161,22 +168,34 @@ def parse_top_k(value: Any, spec: ModelSpec, default: int) -> int:
 
 
 class AdaptivePrior:
-    """Sliding window of recent logits and an EM estimate of the deployment prior ``π_t`` for one model.
+    """Sliding window of recent logits and an estimate of the deployment prior ``π_t`` for one model.
 
     Every prediction's logits go into the window (:meth:`observe`, cheap). The estimate is recomputed in a worker
     thread at most once per ``update_every`` new images, warm-started from the previous one, so its cost does
-    not grow with traffic. ``π_t`` is uniform until something has been observed (the Dirichlet-MAP estimate of
-    an empty window).
+    not grow with traffic. Before anything has been observed ``π_t`` is the estimator's starting point (the
+    training prior for ``map_em`` / ``rlls``, uniform for ``em`` / ``bbse``).
+
+    The estimator (:mod:`rescom.label_shift`) is ``em`` (Saerens et al. 2002), ``map_em`` (shrunk toward
+    ``π_train`` by the amount of evidence in the window), ``bbse`` or ``rlls`` (the validation split's soft
+    confusion matrix, ``calibration.confusion`` of ``rescom.json``), each optionally ``+guard`` (fall back to
+    the better fixed prior when the estimate does not raise held-out likelihood). A confusion estimator
+    without a confusion matrix falls back to :data:`rescom.label_shift.FALLBACK_ESTIMATOR` (guarded EM).
 
     Args:
         num_classes: ``C``.
-        temperature: ``T`` applied to the logits inside EM (the model's fitted temperature).
+        temperature: ``T`` applied to the logits (the model's fitted temperature).
         window: most recent images kept.
-        alpha: symmetric Dirichlet ``α >= 1`` of the M-step.
+        alpha: symmetric Dirichlet ``α >= 1`` of the ``em`` M-step.
         update_every: new images between two re-estimates.
-        class_bias: the model's per-class bias ``b`` ``[C]`` (``None`` = 0): EM runs on ``z / T + b``, the
-            calibrated logits the served posteriors use. The window keeps raw logits, so a new version's ``T``
-            and ``b`` apply to it at the next estimate.
+        class_bias: the model's per-class bias ``b`` ``[C]`` (``None`` = 0): the estimators run on
+            ``z / T + b``, the calibrated logits the served posteriors use. The window keeps raw logits, so a
+            new version's ``T`` and ``b`` apply to it at the next estimate.
+        estimator: default estimator name (``"em"``, the plain Saerens EM, unless given; the service passes
+            its ``adaptive_estimator`` setting, default :data:`rescom.label_shift.DEFAULT_ESTIMATOR`).
+        train_prior: ``π_train`` ``[C]`` (``None`` = uniform).
+        confusion: soft confusion matrix ``M`` ``[C, C]`` (:func:`rescom.label_shift.soft_confusion`) or ``None``.
+        n_val: validation images behind ``confusion``.
+        map_strength: κ of ``map_em`` in images (``None`` = ``10 · C``).
     """
 
     def __init__(
@@ -187,6 +206,11 @@ class AdaptivePrior:
         alpha: float = 2.0,
         update_every: int = 64,
         class_bias: np.ndarray | None = None,
+        estimator: str = "em",
+        train_prior: np.ndarray | None = None,
+        confusion: np.ndarray | None = None,
+        n_val: int = 0,
+        map_strength: float | None = None,
     ) -> None:
         self.num_classes = num_classes
         self.temperature = temperature
@@ -194,20 +218,43 @@ class AdaptivePrior:
         self.window = window
         self.alpha = alpha
         self.update_every = update_every
+        parse_estimator(estimator)
+        self.estimator = estimator
+        self.train_prior = (
+            np.full(num_classes, 1.0 / num_classes) if train_prior is None else np.asarray(train_prior, float)
+        )
+        self.confusion = confusion
+        self.n_val = n_val
+        self.map_strength = map_strength
         self._lock = asyncio.Lock()
         self.reset()
 
     def reset(self) -> None:
-        """Forget the window and the estimate."""
+        """Forget the window and the estimates."""
         self._buf = np.zeros((self.window, self.num_classes), dtype=np.float32)  # ring buffer [W, C]
         self._next = 0
         self._filled = 0
         self.n_seen = 0
-        self._pending = 0  # images observed since the last estimate
+        self._pending = 0  # images observed since the last estimate of the default estimator
         self._estimate: np.ndarray | None = None
+        self._others: dict[str, tuple[int, ShiftEstimate]] = {}  # other estimators: (n_seen at fit, estimate)
+        self._last: ShiftEstimate | None = None
         self._iterations = 0
         self._updated_at: float | None = None
-        self._generation = getattr(self, "_generation", 0) + 1  # stale EM results after a reset are dropped
+        self._generation = getattr(self, "_generation", 0) + 1  # stale results after a reset are dropped
+
+    def resolve(self, estimator: str | None = None) -> str:
+        """The estimator that will run for ``estimator`` (``None`` = the default): a confusion estimator
+        without a confusion matrix becomes :data:`rescom.label_shift.FALLBACK_ESTIMATOR`.
+
+        Raises:
+            ValueError: an unknown estimator name.
+        """
+        name = self.estimator if estimator is None else estimator.strip().lower()
+        base, _ = parse_estimator(name)
+        if base in CONFUSION_ESTIMATORS and self.confusion is None:
+            return FALLBACK_ESTIMATOR
+        return name
 
     def observe(self, logits: np.ndarray) -> None:
         """Add ``[n, C]`` logits of served images to the window."""
@@ -228,15 +275,42 @@ class AdaptivePrior:
         self.n_seen += n
         self._pending += n
 
+    def _start(self, estimator: str) -> np.ndarray:
+        base, _ = parse_estimator(estimator)
+        if base in ("map_em", "rlls"):
+            return self.train_prior / self.train_prior.sum()
+        return np.full(self.num_classes, 1.0 / self.num_classes)
+
     def current(self) -> np.ndarray:
-        """The latest estimate without recomputing (uniform before the first one)."""
+        """The latest estimate of the default estimator without recomputing (its start before the first)."""
         if self._estimate is None:
-            return np.full(self.num_classes, 1.0 / self.num_classes)
+            return self._start(self.resolve())
         return self._estimate
 
-    async def estimate(self, force: bool = False) -> np.ndarray:
+    def _fit(self, window: np.ndarray, estimator: str, init: np.ndarray | None) -> ShiftEstimate:
+        return estimate_prior(
+            window,
+            self.train_prior,
+            estimator,
+            temperature=self.temperature,
+            class_bias=self.class_bias,
+            confusion=self.confusion,
+            n_val=self.n_val,
+            em_alpha=self.alpha,
+            map_strength=self.map_strength,
+            init=init,
+        )
+
+    async def estimate(self, force: bool = False, estimator: str | None = None) -> np.ndarray:
         """``π_t`` ``[C]``: recomputed when ``update_every`` images arrived since the last estimate (or when
-        ``force`` and anything arrived); otherwise, or while another recomputation runs, the latest estimate."""
+        ``force`` and anything arrived); otherwise, or while another recomputation runs, the latest estimate.
+
+        ``estimator`` (per request) picks another estimator than the default; its estimate is cached the same
+        way. Raises ``ValueError`` for an unknown name (see :func:`rescom.label_shift.parse_estimator`).
+        """
+        name = self.resolve(estimator)
+        if name != self.resolve():
+            return await self._estimate_other(name, force)
         stale = self._pending >= self.update_every or (
             self._pending > 0 and (force or self._estimate is None)
         )
@@ -249,30 +323,41 @@ class AdaptivePrior:
                 return self.current()
             window = self._window_copy()
             generation, pending = self._generation, self._pending
-            init = self._estimate
-            pi, iterations = await asyncio.to_thread(
-                em_prior,
-                window,
-                temperature=self.temperature,
-                init=init,
-                dirichlet_alpha=self.alpha,
-                max_iter=200,
-                tol=1e-7,
-                class_bias=self.class_bias,
-            )
+            result = await asyncio.to_thread(self._fit, window, name, self._estimate)
             if generation == self._generation:
-                self._estimate, self._iterations = pi, iterations
+                self._estimate, self._iterations, self._last = result.prior, result.iterations, result
                 self._pending -= pending
                 self._updated_at = time.time()
             return self.current()
 
+    async def _estimate_other(self, name: str, force: bool) -> np.ndarray:
+        cached = self._others.get(name)
+        if self._filled == 0:
+            return self._start(name)
+        fresh = cached is not None and (
+            self.n_seen - cached[0] < self.update_every and not (force and self.n_seen > cached[0])
+        )
+        if fresh:
+            return cached[1].prior
+        async with self._lock:
+            generation, seen = self._generation, self.n_seen
+            init = None if cached is None else cached[1].prior
+            result = await asyncio.to_thread(self._fit, self._window_copy(), name, init)
+            if generation == self._generation:
+                self._others[name] = (seen, result)
+            return result.prior
+
     def snapshot(self) -> dict[str, Any]:
         """Public state for ``GET /v1/models/{name}/prior``."""
+        last = self._last
         return {
             "window_size": self.window,
             "window_filled": self._filled,
             "n_seen": self.n_seen,
             "pending": self._pending,
+            "estimator": self.resolve(),
+            "estimator_used": None if last is None else last.method,
+            "held_out_log_likelihood": None if last is None or not last.scores else dict(last.scores),
             "dirichlet_alpha": self.alpha,
             "update_every": self.update_every,
             "em_iterations": self._iterations,
@@ -286,6 +371,7 @@ class AdaptivePrior:
         return self._window_copy()
 
     def _window_copy(self) -> np.ndarray:
+        """The window, oldest first (the guard splits it in time)."""
         if self._filled < self.window:
             return self._buf[: self._filled].copy()  # [filled, C]
-        return self._buf.copy()  # [W, C]
+        return np.concatenate([self._buf[self._next :], self._buf[: self._next]])  # [W, C]

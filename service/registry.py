@@ -552,6 +552,8 @@ class ModelRegistry:
         if state is not None and state.num_classes == spec.num_classes:
             state.temperature = spec.fitted_temperature  # the traffic did not change; keep the window
             state.class_bias = spec.class_bias
+            state.train_prior = spec.train_prior
+            state.confusion = getattr(spec, "confusion", None)
             return
         self._adaptive[spec.name] = AdaptivePrior(
             spec.num_classes,
@@ -560,6 +562,10 @@ class ModelRegistry:
             alpha=s.adaptive_alpha,
             update_every=s.adaptive_update_every,
             class_bias=spec.class_bias,
+            estimator=s.adaptive_estimator,
+            train_prior=spec.train_prior,
+            confusion=getattr(spec, "confusion", None),  # calibration.confusion of rescom.json, when parsed
+            n_val=int(sum(getattr(spec, "val_counts", None) or ())),  # calibration.val_counts
         )
 
     def _retire(self, old: ServedModel) -> None:

@@ -380,3 +380,28 @@ def test_report_of_an_exported_model(tiny_run, tmp_path):
                 str(tmp_path / "refused"),
             ]
         )
+
+
+def test_balanced_accuracy_is_the_mean_per_class_accuracy_and_every_block_reports_both():
+    from rescom.evaluation.report import balanced_accuracy, calibration_metrics
+
+    labels = np.array([0] * 8 + [1] * 2)  # imbalanced: class 0 right, class 1 wrong
+    preds = np.zeros(10, dtype=np.int64)
+    assert balanced_accuracy(preds, labels) == 50.0
+    probs = np.eye(2)[preds] * 0.9 + 0.05
+    m = calibration_metrics(probs, labels)
+    assert m["top1"] == m["acc"] == 80.0 and m["balanced_acc"] == 50.0
+
+
+def test_figures_name_classes_and_keep_the_bin_counts_on_their_own_axis(tmp_path):
+    from rescom.evaluation.plots import plot_per_class_accuracy, plot_reliability
+
+    path = plot_per_class_accuracy(
+        [90.0, 50.0, None], [100, 10, 1], tmp_path / "pc.png", 50, 20, class_names=["a", "b", "c"]
+    )
+    assert path.stat().st_size > 0
+    bins = {"edges": [0.0, 0.5, 1.0], "confidence": [0.3, 0.8], "accuracy": [0.2, 0.9], "count": [3.0, 7.0]}
+    cal = {"ece": 0.05, "nll": 0.3}
+    rel = {p: {"raw": bins, "scaled": bins} for p in ("uniform", "train", "adaptive")}
+    cals = {p: {"raw": cal, "scaled": cal} for p in ("uniform", "train", "adaptive")}
+    assert plot_reliability(rel, cals, tmp_path / "rel.png", temperature=0.8, title="t").stat().st_size > 0

@@ -18,6 +18,7 @@ TORCH_FREE_RESCOM = (
     "rescom.preprocess",
     "rescom.metrics",
     "rescom.model_repository",
+    "rescom.label_shift",
 )
 IMPORT_TABLE: list[tuple[str, set[str], tuple[str, ...]]] = [
     # (path prefix, third-party top-level modules, first-party module prefixes)
@@ -27,6 +28,7 @@ IMPORT_TABLE: list[tuple[str, set[str], tuple[str, ...]]] = [
     ("rescom/preprocess.py", {"numpy", "PIL"}, ()),
     ("rescom/metrics.py", {"numpy"}, ()),
     ("rescom/model_repository.py", set(), ()),
+    ("rescom/label_shift.py", {"numpy"}, ("rescom.calibration",)),
     ("rescom/evaluation/", {"numpy", "matplotlib"}, (*TORCH_FREE_RESCOM, "rescom.evaluation")),
     ("rescom/", {"torch", "torchvision", "numpy", "PIL", "yaml", "sklearn"}, ("rescom",)),
     ("training/", {"torch", "numpy", "yaml", "tqdm", "onnxruntime"}, ("rescom", "training")),
@@ -48,7 +50,14 @@ IMPORT_TABLE: list[tuple[str, set[str], tuple[str, ...]]] = [
             "grpc",
             "google",  # google.protobuf, for the gRPC messages
         },
-        ("rescom.version", "rescom.calibration", "rescom.preprocess", "rescom.model_repository", "service"),
+        (
+            "rescom.version",
+            "rescom.calibration",
+            "rescom.label_shift",
+            "rescom.preprocess",
+            "rescom.model_repository",
+            "service",
+        ),
     ),
     (
         "rescom_dev/",
@@ -64,6 +73,7 @@ TORCH_FREE = [
     "rescom/preprocess.py",
     "rescom/metrics.py",
     "rescom/model_repository.py",
+    "rescom/label_shift.py",
 ]
 
 

@@ -39,7 +39,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def settings(repo: Path) -> Settings:
-    return local_settings(repo, max_queue_delay_ms=20, max_body_bytes=1 << 20, max_image_pixels=1_000_000)
+    return local_settings(
+        repo,
+        max_queue_delay_ms=20,
+        max_body_bytes=1 << 20,
+        max_image_pixels=1_000_000,
+        adaptive_estimator="em",  # the adaptive tests check the plain EM arithmetic
+    )
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def _with_bias(repo: Path, name: str, bias: object) -> None:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     repo = tmp_path_factory.mktemp("models")
     _with_bias(repo, "biased", BIAS.tolist())
-    return local_settings(repo)
+    return local_settings(repo, adaptive_estimator="em")
 
 
 @pytest.fixture(scope="module")

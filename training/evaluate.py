@@ -278,6 +278,7 @@ def write_report(
                 th["many"],
                 th["few"],
                 title=f"{title}: per-class accuracy vs training count",
+                class_names=entry.get("class_names"),
             ),
             f"{title}: reliability diagrams": plot_reliability(
                 r["reliability"],

@@ -39,6 +39,8 @@ from rescom.data.transforms import TwoViewTransform, create_transforms
 from rescom.losses import create_loss
 from rescom.metrics import longtail_metrics
 from rescom.models import create_model
+from rescom.recipes import check as check_recipe
+from rescom.recipes import contrastive_weight
 from rescom.schedule import lr_multiplier
 from training.engine import NonFiniteLossError, predict_logits, train_one_epoch
 
@@ -261,6 +263,8 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
         if ds is not None:
             ds.transform = eval_tf
     class_counts = list(splits.class_counts)
+    for warning in check_recipe(cfg, class_counts):
+        log.warning("%s", warning)
     global_batch = int(cfg["optim"]["batch_size"])
     if global_batch % world:
         raise SystemExit(f"optim.batch_size ({global_batch}) must be divisible by the world size ({world})")
@@ -412,6 +416,10 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
                 total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr
             )
         lr = optimizer.param_groups[0]["lr"]
+        if hasattr(criterion, "con_weight"):  # λ warm-up while the queue fills (rescom.recipes)
+            criterion.con_weight = contrastive_weight(
+                loss_cfg["con_weight"], epoch, loss_cfg["con_warmup_epochs"]
+            )
         try:
             stats = train_one_epoch(
                 model,

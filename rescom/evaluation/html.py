@@ -58,12 +58,13 @@ def _summary_table(models: Sequence[Mapping[str, Any]]) -> str:
         "N test",
         "T",
         "max |b|",
-        "top-1",
+        "top1",
+        "balanced_acc",
         "Many",
         "Medium",
         "Few",
-        "top-1 train π",
-        "top-1 adaptive π",
+        "top1 / balanced train π",
+        "top1 / balanced adaptive π",
         "ECE %",
         "NLL",
         "Brier",
@@ -80,12 +81,13 @@ def _summary_table(models: Sequence[Mapping[str, Any]]) -> str:
                 r["num_samples"],
                 r["temperature"],
                 max((abs(v) for v in r.get("class_bias") or []), default=0.0),
-                lt["acc"],
+                lt.get("top1", lt["acc"]),
+                lt.get("balanced_acc"),
                 lt["many"],
                 lt["medium"],
                 lt["few"],
-                r["longtail"]["train"]["acc"],
-                r["longtail"]["adaptive"]["acc"],
+                _pair(r["longtail"]["train"]),
+                _pair(r["longtail"]["adaptive"]),
                 100 * cal["ece"],
                 cal["nll"],
                 cal["brier"],
@@ -94,15 +96,23 @@ def _summary_table(models: Sequence[Mapping[str, Any]]) -> str:
     return _table(header, rows)
 
 
+def _pair(lt: Mapping[str, Any]) -> str:
+    """``"top1 / balanced_acc"`` of a longtail block (balanced computed by the report)."""
+    bal = lt.get("balanced_acc")
+    return f"{lt.get('top1', lt['acc']):.2f} / " + ("-" if bal is None else f"{bal:.2f}")
+
+
 def _calibration_table(models: Sequence[Mapping[str, Any]]) -> str:
     header = [
         "model",
         "prior",
-        "acc (z)",
+        "top1 (z)",
+        "balanced (z)",
         "ECE % (z)",
         "NLL (z)",
         "Brier (z)",
-        "acc (z/T+b)",
+        "top1 (z/T+b)",
+        "balanced (z/T+b)",
         "ECE % (z/T+b)",
         "NLL (z/T+b)",
         "Brier (z/T+b)",
@@ -116,10 +126,12 @@ def _calibration_table(models: Sequence[Mapping[str, Any]]) -> str:
                     m["label"],
                     prior,
                     raw["acc"],
+                    raw.get("balanced_acc"),
                     100 * raw["ece"],
                     raw["nll"],
                     raw["brier"],
                     scaled["acc"],
+                    scaled.get("balanced_acc"),
                     100 * scaled["ece"],
                     scaled["nll"],
                     scaled["brier"],
@@ -145,10 +157,13 @@ def _shift_table(models: Sequence[Mapping[str, Any]], metric: str) -> str:
                     row.append(None)
                 else:
                     value = same["methods"][method]
-                    row.append(
-                        f"{value[metric]:.{2 if metric == 'acc' else 3}f} ± "
-                        f"{value[metric + '_std']:.{2 if metric == 'acc' else 3}f}"
-                    )
+                    digits = 3 if metric == "nll" else 2
+                    if value.get(metric) is None:
+                        row.append(None)
+                    else:
+                        row.append(
+                            f"{value[metric]:.{digits}f} ± {value.get(metric + '_std', 0.0):.{digits}f}"
+                        )
         rows.append(row)
     return _table(header, rows, digits=1)
 
@@ -228,6 +243,8 @@ def render_html(
         "adaptive = EM on the set's own unlabelled logits. Mean ± std over seeds; all with the fitted T.</p>",
         "<h3>Top-1 accuracy (%)</h3>",
         _shift_table(models, "acc"),
+        "<h3>Balanced accuracy (mean per-class accuracy, %)</h3>",
+        _shift_table(models, "balanced_acc"),
         "<h3>EM-adaptive prior against the oracle and the uniform prior</h3>",
         "<p class='note'>Accuracy difference in points, paired per seed (mean ± std over seeds); EM TV distance = "
         "½‖π̂ − π<sub>true</sub>‖₁ averaged over seeds.</p>",

@@ -46,11 +46,13 @@ def plot_per_class_accuracy(
     many_threshold: int = 100,
     few_threshold: int = 20,
     title: str = "",
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Per-class test accuracy (percent) against the training count ``n_c`` (log x), with group thresholds.
 
-    One point per class; above 30 classes also the mean accuracy in log-spaced count bins (readable for C in the
-    thousands).
+    One point per class, labelled with its class name (all of them up to 30 classes, else the 10 least
+    accurate); above 30 classes also the mean accuracy in log-spaced count bins (readable for C in the
+    thousands). The threshold labels sit above the plot area, clear of the points.
     """
     counts = np.asarray(class_counts, dtype=np.float64)  # [C]
     acc = np.array([np.nan if a is None else a for a in per_class_acc], dtype=np.float64)  # [C]
@@ -67,17 +69,36 @@ def plot_per_class_accuracy(
                 centers.append(np.sqrt(edges[b] * edges[b + 1]))
                 means.append(acc[ok][which == b].mean())
         ax.plot(centers, means, color="black", lw=1.5, label="mean per count bin")
-    for x, name in ((many_threshold, "many >"), (few_threshold, "< few")):
+    _label_points(ax, counts, acc, ok, class_names)
+    top = ax.get_xaxis_transform()  # x in data units, y in axes units
+    for x, name, align in (
+        (many_threshold, f"Many > {many_threshold}", "left"),
+        (few_threshold, f"Few < {few_threshold}", "right"),
+    ):
         ax.axvline(x, color="gray", ls="--", lw=0.8)
-        ax.text(x, 99, f" {name} {x}", color="gray", fontsize=8, rotation=90, va="top")
+        ax.text(x, 1.01, name, color="gray", fontsize=8, ha=align, va="bottom", transform=top)
     ax.set_xscale("log")
     ax.set_ylim(0, 102)
     ax.set_xlabel("training images of the class (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Per-class accuracy vs training count")
+    ax.set_title(title or "Per-class accuracy vs training count", pad=16)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
+
+
+def _label_points(
+    ax: Any, counts: np.ndarray, acc: np.ndarray, ok: np.ndarray, class_names: Sequence[str] | None
+) -> None:
+    """Name each point (C <= 30) or the 10 least accurate classes, offset so the text does not cover a point."""
+    index = np.flatnonzero(ok)
+    if index.size > 30:
+        index = index[np.argsort(acc[index], kind="stable")[:10]]
+    for i in index:
+        name = str(class_names[i]) if class_names is not None else str(i)
+        ax.annotate(
+            name[:18], (counts[i], acc[i]), xytext=(4, 3), textcoords="offset points", fontsize=7, alpha=0.85
+        )
 
 
 def plot_reliability(
@@ -100,7 +121,9 @@ def plot_reliability(
         class_bias: whether the calibrated logits include a per-class bias b (``z / T + b``; legend label).
     """
     priors = [p for p in PRIORS if p in reliability]
-    fig, axes = plt.subplots(1, len(priors), figsize=(4.0 * len(priors), 4.0), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(priors), figsize=(4.4 * len(priors), 5.0), squeeze=False, layout="constrained"
+    )
     t_label = "fitted T" if temperature is None else f"T = {temperature:.3g}"
     if class_bias:
         t_label = f"z/T + b, {t_label}"
@@ -121,29 +144,32 @@ def plot_reliability(
                 ms=3,
                 label=f"{label}: ECE {100 * cal['ece']:.1f}%, NLL {cal['nll']:.3f}",
             )
-        bins = reliability[prior]["scaled"]
-        count = np.asarray(bins["count"], dtype=np.float64)
-        edges = np.asarray(bins["edges"], dtype=np.float64)
-        if count.sum() > 0:
-            ax.bar(
-                edges[:-1],
-                0.25 * count / count.max(),
-                width=np.diff(edges),
-                align="edge",
-                alpha=0.15,
-                color="tab:blue",
-                label="samples per bin (scaled)",
-            )
+        _bin_histogram(ax, reliability[prior]["scaled"])
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence (top-1 probability)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"prior: {prior}")
-        ax.legend(loc="upper left", fontsize=7)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, frameon=False)
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def _bin_histogram(ax: Any, bins: Mapping[str, Sequence[float | None]]) -> None:
+    """Images per confidence bin as light bars on their own right-hand axis (log scale when counts vary)."""
+    count = np.asarray(bins["count"], dtype=np.float64)
+    edges = np.asarray(bins["edges"], dtype=np.float64)
+    if count.sum() <= 0:
+        return
+    hx = ax.twinx()
+    hx.bar(edges[:-1], count, width=np.diff(edges), align="edge", alpha=0.15, color="tab:blue")
+    hx.set_ylim(0, 4 * count.max())  # bars in the lower quarter, below most of the curve
+    hx.set_ylabel("images per bin (fitted T)", fontsize=7, color="tab:blue")
+    hx.tick_params(axis="y", labelsize=7, colors="tab:blue")
+    ax.set_zorder(hx.get_zorder() + 1)  # the curves stay on top of the bars
+    ax.patch.set_visible(False)
 
 
 def plot_confusions(
@@ -217,13 +243,16 @@ def plot_label_shift(summary: Sequence[Mapping[str, Any]], path: str | Path, tit
     """
     ticks = _shift_axis(summary)
     x = np.arange(len(summary))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
-    for ax, metric, label in ((axes[0], "acc", "top-1 accuracy (%)"), (axes[1], "nll", "NLL")):
+    panels = [("acc", "top-1 accuracy (%)"), ("balanced_acc", "balanced accuracy (%)"), ("nll", "NLL")]
+    if not summary or "balanced_acc" not in summary[0]["methods"].get("uniform", {}):
+        panels.pop(1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), layout="constrained")
+    for ax, (metric, label) in zip(axes, panels, strict=True):
         for method in SHIFT_METHODS:
             if not summary or method not in summary[0]["methods"]:
                 continue
             mean = [s["methods"][method][metric] for s in summary]
-            std = [s["methods"][method][f"{metric}_std"] for s in summary]
+            std = [s["methods"][method].get(f"{metric}_std", 0.0) for s in summary]
             ax.errorbar(
                 x,
                 mean,
@@ -239,7 +268,7 @@ def plot_label_shift(summary: Sequence[Mapping[str, Any]], path: str | Path, tit
         ax.set_xlabel("test prior (F = forward-LT, B = backward-LT, number = IF)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title="scoring prior", title_fontsize=8)
     seeds = summary[0]["seeds"] if summary else 0
     fig.suptitle(title or f"Label-shift study (mean ± std over {seeds} seeds)")
     return _save(fig, path)
@@ -259,6 +288,6 @@ def plot_label_shift_comparison(
     ax.set_ylabel(f"top-1 accuracy (%), prior: {method}")
     ax.set_xlabel("test prior (F = forward-LT, B = backward-LT, number = IF)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"Models under label shift ({method} prior)")
+    ax.legend(fontsize=8, title="model", title_fontsize=8)
+    ax.set_title(f"Models under label shift (scoring prior: {method})")
     return _save(fig, path)

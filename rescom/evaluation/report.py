@@ -53,6 +53,7 @@ __all__ = [
     "TEMPERATURE_MODES",
     "posterior",
     "relative_prior",
+    "balanced_accuracy",
     "calibration_metrics",
     "top_confusions",
     "confusion_submatrix",
@@ -139,11 +140,28 @@ def posterior(
     return probs, pi
 
 
-def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
-    """Top-1 ``acc`` (percent), ``nll``, ``brier`` and ``ece`` (fraction, ``n_bins`` equal-width bins)."""
+def balanced_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """``balanced_acc``: mean over the classes present in ``labels`` of each class's accuracy (percent).
+
+    Equal to top-1 on a balanced test set; on an imbalanced one it is the number a long-tail user means.
+    """
     labels = np.asarray(labels, dtype=np.int64)
+    correct = (np.asarray(predictions) == labels).astype(np.float64)
+    hits = np.bincount(labels, weights=correct)
+    support = np.bincount(labels)
+    present = support > 0
+    return float(100.0 * np.mean(hits[present] / support[present]))
+
+
+def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
+    """``top1`` and ``balanced_acc`` (percent; ``acc`` = ``top1``, kept for older readers), ``nll``, ``brier`` and
+    ``ece`` (fraction, ``n_bins`` equal-width bins)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    top1 = float(100.0 * np.mean(probs.argmax(axis=1) == labels))
     return {
-        "acc": float(100.0 * np.mean(probs.argmax(axis=1) == labels)),
+        "top1": top1,
+        "balanced_acc": balanced_accuracy(probs.argmax(axis=1), labels),
+        "acc": top1,
         "nll": nll(probs, labels),
         "brier": brier_score(probs, labels),
         "ece": expected_calibration_error(probs, labels, n_bins),
@@ -267,6 +285,8 @@ def label_shift_study(
                     probs = calibrated_probs(a, 1.0, relative_prior(priors[method], source_prior))  # [M, C]
                     methods[method] = {
                         "acc": float(100.0 * np.mean(probs.argmax(1) == y)),
+                        "top1": float(100.0 * np.mean(probs.argmax(1) == y)),
+                        "balanced_acc": balanced_accuracy(probs.argmax(1), y),
                         "nll": nll(probs, y),
                     }
                 records.append(
@@ -308,10 +328,14 @@ def summarize_shift(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         methods = {}
         for method in group[0]["methods"]:
             acc = np.array([r["methods"][method]["acc"] for r in group])
+            bal = np.array([r["methods"][method].get("balanced_acc", np.nan) for r in group])
             loss = np.array([r["methods"][method]["nll"] for r in group])
             methods[method] = {
                 "acc": float(acc.mean()),
                 "acc_std": float(acc.std()),
+                "top1": float(acc.mean()),
+                "balanced_acc": float(bal.mean()),
+                "balanced_acc_std": float(bal.std()),
                 "nll": float(loss.mean()),
                 "nll_std": float(loss.std()),
             }
@@ -429,6 +453,8 @@ def evaluate_logits(
                 longtail[prior] = longtail_metrics(
                     probs.argmax(1), labels, class_counts, many_threshold, few_threshold
                 )
+                longtail[prior].setdefault("top1", longtail[prior]["acc"])
+                longtail[prior].setdefault("balanced_acc", balanced_accuracy(probs.argmax(1), labels))
                 if prior == "adaptive":
                     adaptive_prior = [float(p) for p in pi]
 
