@@ -31,6 +31,7 @@ from rescom import __version__
 from rescom import model_repository as mr
 from rescom.calibration import fit_bias_corrected_temperature, fit_temperature
 from rescom.checkpoint import load_checkpoint, model_from_checkpoint
+from rescom.label_shift import soft_confusion
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -105,8 +106,13 @@ def fit_calibration(
 
     Without validation logits both fall back to the checkpoint's ``T`` (``None`` when it has none) and ``b = 0``.
 
+    With validation logits it also records what the confusion-matrix label-shift estimators need
+    (:mod:`rescom.label_shift`): ``confusion``, the soft confusion matrix ``M[i, j] = mean_{x: y=j}
+    softmax(z / T + b)_i`` ``[C, C]``, and ``val_counts``, the validation images per class.
+
     Returns:
-        ``{"method", "temperature", "class_bias" [C], "bias_prior_std", "fitted_on"}``.
+        ``{"method", "temperature", "class_bias" [C], "bias_prior_std", "fitted_on"}`` (+ ``"confusion"``,
+        ``"val_counts"`` with validation logits).
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(
@@ -123,13 +129,19 @@ def fit_calibration(
             temperature, fitted_on = fit_temperature(val_logits, val_labels), "val"
     elif method == "bcts":
         log.warning("no validation split: class_bias is 0 (plain temperature scaling)")
-    return {
+    block: dict[str, Any] = {
         "method": method if val_logits is not None else "temperature",
         "temperature": None if temperature is None else float(temperature),
         "class_bias": [float(v) for v in bias],
         "bias_prior_std": float(bias_prior_std) if method == "bcts" and val_logits is not None else None,
         "fitted_on": fitted_on,
     }
+    if val_logits is not None and val_labels is not None:
+        t = 1.0 if temperature is None else float(temperature)
+        confusion = soft_confusion(val_logits, val_labels, num_classes, t, bias)  # [C, C]
+        block["confusion"] = [[round(float(v), 6) for v in row] for row in confusion]
+        block["val_counts"] = [int(n) for n in np.bincount(val_labels, minlength=num_classes)]
+    return block
 
 
 def _logits(module: ExportModule, images: np.ndarray, batch: int = 256) -> np.ndarray:

@@ -70,7 +70,7 @@ async def calibrate(
     kind = calibration.prior.kind
     pi: np.ndarray | None
     if kind == "adaptive":
-        pi = await state.registry.adaptive(served.name).estimate()
+        pi = await state.registry.adaptive(served.name).estimate(estimator=calibration.prior.estimator)
     elif kind == "train":
         pi = served.spec.train_prior
     else:

@@ -37,7 +37,10 @@ __all__ = [
     "AdaptivePrior",
 ]
 
-PRIOR_HELP = 'use uniform, train, adaptive, or a JSON object of class -> weight such as {"0": 1, "3": 5}'
+PRIOR_HELP = (
+    "use uniform, train, adaptive (or adaptive:ESTIMATOR with ESTIMATOR one of em, map_em, bbse, rlls, optionally "
+    '+guard), or a JSON object of class -> weight such as {"0": 1, "3": 5}'
+)
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,15 @@ class PriorChoice:
     """A validated prior option.
 
     Attributes:
-        kind: ``uniform`` (no shift), ``train`` (``π_train``), ``adaptive`` (EM estimate) or ``custom``.
+        kind: ``uniform`` (no shift), ``train`` (``π_train``), ``adaptive`` (label-shift estimate) or ``custom``.
         weights: ``π_t`` ``[C]`` summing to 1 for ``custom``; ``None`` otherwise.
+        estimator: for ``adaptive``, the label-shift estimator the request asked for (``adaptive:rlls``);
+            ``None`` = the service's ``RESCOM_ADAPTIVE_ESTIMATOR``.
     """
 
     kind: str
     weights: np.ndarray | None = None
+    estimator: str | None = None
 
 
 def parse_prior(value: Any, spec: ModelSpec, default: str | None = None) -> PriorChoice:
@@ -72,6 +78,14 @@ def parse_prior(value: Any, spec: ModelSpec, default: str | None = None) -> Prio
         text = value.strip()
         if text.lower() in ("uniform", "train", "adaptive"):
             return PriorChoice(text.lower())
+        if text.lower().startswith("adaptive:"):
+            # "+" arrives as a space from a query string that did not encode it (adaptive:em+guard)
+            estimator = text[len("adaptive:") :].strip().lower().replace(" ", "+")
+            try:
+                parse_estimator(estimator)
+            except ValueError as err:
+                raise Unprocessable(f"prior {value[:80]!r}: {err}") from None
+            return PriorChoice("adaptive", estimator=estimator)
         if not text.startswith(("{", "[")):
             raise Unprocessable(f"prior {value[:80]!r} is not understood; {PRIOR_HELP}")
         try:

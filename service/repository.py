@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from rescom.calibration import parse_class_bias, prior_from_counts
+from rescom.label_shift import parse_confusion
 from rescom.model_repository import METADATA_FILE, MODEL_FORMAT, list_models, list_versions, version_path
 
 __all__ = [
@@ -122,6 +123,19 @@ class ModelSpec:
         """
         calibration = self.metadata.get("calibration") or {}
         return parse_class_bias(calibration.get("class_bias"), self.num_classes)
+
+    @cached_property
+    def confusion(self) -> np.ndarray | None:
+        """Soft confusion matrix ``M`` ``[C, C]`` of the validation split (``calibration.confusion``), which the
+        confusion-matrix label-shift estimators (BBSE, RLLS) need; ``None`` for exports without it."""
+        calibration = self.metadata.get("calibration") or {}
+        return parse_confusion(calibration.get("confusion"), self.num_classes)
+
+    @cached_property
+    def val_counts(self) -> tuple[int, ...] | None:
+        """Validation images per class behind ``confusion`` (``calibration.val_counts``), or ``None``."""
+        calibration = self.metadata.get("calibration") or {}
+        return parse_val_counts(calibration.get("val_counts"), self.num_classes)
 
 
 def fingerprint(repository: Path, name: str, version: int) -> Fingerprint | None:
@@ -232,6 +246,8 @@ def read_spec(repository: Path, name: str, version: int, *, verify_hash: bool = 
         raise fail(f"calibration.temperature must be null or a finite number > 0, got {temperature!r}")
     try:
         parse_class_bias(calibration.get("class_bias"), num_classes)
+        parse_confusion(calibration.get("confusion"), num_classes)
+        parse_val_counts(calibration.get("val_counts"), num_classes)
     except ValueError as err:
         raise fail(f"calibration.{err}") from None
     default_prior = calibration.get("prior", "uniform")
@@ -312,3 +328,16 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def parse_val_counts(value: object, num_classes: int) -> tuple[int, ...] | None:
+    """Validate ``calibration.val_counts`` (``C`` integers >= 0); ``None`` passes."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != num_classes
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    ):
+        raise ValueError(f"val_counts must be {num_classes} integers >= 0")
+    return tuple(value)

@@ -92,6 +92,7 @@ def test_fit_calibration_methods_and_fallbacks():
     assert bcts["temperature"] == t and bcts["class_bias"] == b.tolist() and bcts["fitted_on"] == "val"
     # temperature only: the checkpoint's T (fitted by training on the same split) and b = 0
     ts = fit_calibration(z, y, 4, 0.9, "temperature")
+    confusion, val_counts = ts.pop("confusion"), ts.pop("val_counts")
     assert ts == {
         "method": "temperature",
         "temperature": 0.9,
@@ -99,9 +100,13 @@ def test_fit_calibration_methods_and_fallbacks():
         "bias_prior_std": None,
         "fitted_on": "checkpoint",
     }
+    # what BBSE / RLLS need at serving time: columns of the soft confusion matrix sum to 1
+    np.testing.assert_allclose(np.asarray(confusion).sum(axis=0), 1.0, atol=1e-5)
+    assert val_counts == [50, 50, 50, 50] and len(bcts["confusion"]) == 4
     # no validation split: the checkpoint's T (or none) and zeros
     none = fit_calibration(None, None, 4, None, "bcts")
     assert none["temperature"] is None and none["class_bias"] == [0.0] * 4 and none["method"] == "temperature"
+    assert "confusion" not in none
     with pytest.raises(ValueError, match="bcts, temperature"):
         fit_calibration(z, y, 4, None, "vector")
 

@@ -213,6 +213,13 @@ def test_option_parsing(tmp_path: Path):
     spec = read_spec(tmp_path, "tiny", 1)
     assert parse_prior(None, spec).kind == "uniform" and parse_prior(None, spec, "train").kind == "train"
     assert parse_prior(" Adaptive ", spec).kind == "adaptive"
+    chosen = parse_prior("adaptive:RLLS", spec)
+    assert (chosen.kind, chosen.estimator) == ("adaptive", "rlls")
+    assert (
+        parse_prior("adaptive:em guard", spec).estimator == "em+guard"
+    )  # an unencoded "+" in a query string
+    with pytest.raises(Unprocessable, match="not one of"):
+        parse_prior("adaptive:median", spec)
     np.testing.assert_allclose(parse_prior({"1": 1, "2": 1}, spec).weights, [0, 0.5, 0.5] + [0] * 7)
     np.testing.assert_allclose(parse_prior([1] * 10, spec).weights, [0.1] * 10)
     for bad in ("{", "bogus", 3, {"1": "x"}):
@@ -283,3 +290,24 @@ def test_large_jpegs_decode_at_draft_scale():
     assert opened.image.size == (256, 192)  # 1/8 scale, still >= 2x the resize
     out = decode_opened([opened], resize=32, crop=32)
     assert out.shape == (1, 32, 32, 3) and abs(int(out[..., 0].mean()) - 200) <= 3
+
+
+def test_model_spec_reads_the_confusion_matrix_for_bbse_and_rlls(tmp_path):
+    """calibration.confusion / val_counts of rescom.json reach the spec (the adaptive prior's BBSE and RLLS use
+    them); malformed ones refuse the version with the field named."""
+    from service.repository import ModelSpecError, read_spec
+
+    write_version(tmp_path, "m", 1)
+    path = tmp_path / "m" / "1" / METADATA_FILE
+    meta = json.loads(path.read_text())
+    c = len(meta["class_names"])
+    meta["calibration"]["confusion"] = np.eye(c).tolist()
+    meta["calibration"]["val_counts"] = [3] * c
+    path.write_text(json.dumps(meta))
+    spec = read_spec(tmp_path, "m", 1)
+    np.testing.assert_array_equal(spec.confusion, np.eye(c))
+    assert spec.val_counts == (3,) * c
+    meta["calibration"]["confusion"] = [[1.0]]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ModelSpecError, match="confusion"):
+        read_spec(tmp_path, "m", 1)
