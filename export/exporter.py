@@ -355,12 +355,16 @@ def _run_gate(
                 figures["thresholds"],
             )
     result = decide(figures, baseline, baseline_version, calib["temperature"], tolerance)
+    against = (
+        "no version served yet"
+        if baseline_version is None
+        else f"version {baseline_version}: {_percent(result.baseline)}"
+    )
     log.info(
-        "promotion gate: %s (served balanced_acc %s vs version %s: %s)",
+        "promotion gate: %s (served balanced_acc %s vs %s)",
         "passed" if result.passed else "failed: " + "; ".join(result.reasons),
-        result.candidate,
-        baseline_version,
-        result.baseline,
+        _percent(result.candidate),
+        against,
     )
     return result
 
@@ -476,3 +480,7 @@ def _embed_metadata(onnx_path: Path, metadata: dict[str, Any]) -> None:
     proto.producer_version = __version__
     onnx.save(proto, str(onnx_path))
     metadata["onnx"]["sha256"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} %"
