@@ -76,10 +76,10 @@ def create_app(settings: Settings | None = None, *, fast_path: bool = True) -> F
         state = ServiceState(s, service_metrics, registry, pool)
         app.state.rescom = state
         log.info(
-            "rescom service %s: repository %s, max batch %d, queue delay %.1f ms, auth %s",
+            "rescom service %s: repository %s, max batch %s, queue delay %.1f ms, auth %s",
             __version__,
             s.model_repository,
-            s.max_batch_size,
+            s.max_batch_size if "max_batch_size" in s.model_fields_set else "per model (config.pbtxt)",
             s.max_queue_delay_ms,
             "on" if s.api_key else "off",
         )
