@@ -15,9 +15,24 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULT_CONFIG", "METHODS", "load_config", "merge", "apply_overrides", "validate_config"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "METHODS",
+    "SELECT_METRICS",
+    "ConfigError",
+    "apply_overrides",
+    "load_config",
+    "merge",
+    "validate_config",
+]
 
 METHODS = ("rescom", "balanced_softmax", "ce")
+SELECT_METRICS = ("balanced_acc", "top1")  # validation metric that picks best.pt
+
+
+class ConfigError(ValueError):
+    """A mistake in the recipe, a flag or an override: reported as one line (exit status 2), no traceback."""
+
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "method": "rescom",  # rescom | balanced_softmax | ce (baselines share backbone and schedule)
@@ -69,8 +84,25 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "grad_clip": None,
         "progress": True,
         "stop_after_epochs": None,  # stop this process after N epochs of the schedule (time-sliced jobs)
+        "num_threads": None,  # CPU intra-op threads; None = the CPUs this process may use (sched_getaffinity)
+        "progress_every": 5,  # steps between progress-bar updates (running loss, top-1, img/s)
     },
-    "eval": {"batch_size": 256, "many_threshold": 100, "few_threshold": 20},
+    "eval": {
+        "batch_size": 256,
+        "many_threshold": 100,
+        "few_threshold": 20,
+        "select_metric": "balanced_acc",  # balanced_acc (mean per-class accuracy) | top1, on the val split
+    },
+}
+
+# Keys whose default is None, and the type they take when set.
+_NULLABLE: dict[str, type] = {
+    "data.dir": str,
+    "data.preset": str,
+    "model.pretrained_weights": str,
+    "train.grad_clip": float,
+    "train.stop_after_epochs": int,
+    "train.num_threads": int,
 }
 
 
@@ -80,10 +112,10 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any], path: str = "") ->
     for key, value in update.items():
         where = f"{path}{key}"
         if key not in out:
-            raise ValueError(f"unknown config key {where!r}; known keys here: {', '.join(sorted(out))}")
+            raise ConfigError(f"unknown config key {where!r}; known keys here: {', '.join(sorted(out))}")
         if isinstance(out[key], dict) and key not in ("kwargs",):
             if not isinstance(value, Mapping):
-                raise ValueError(f"config key {where!r} must be a mapping, got {value!r}")
+                raise ConfigError(f"config key {where!r} must be a mapping, got {value!r}")
             out[key] = merge(out[key], value, f"{where}.")
         else:
             out[key] = copy.deepcopy(value)
@@ -96,12 +128,18 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
         return copy.deepcopy(DEFAULT_CONFIG)
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with path.open() as fh:
-        recipe = yaml.safe_load(fh) or {}
+        raise ConfigError(f"--config: file not found: {path}")
+    try:
+        with path.open() as fh:
+            recipe = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(recipe, Mapping):
-        raise ValueError(f"{path} must hold a YAML mapping at the top level")
-    return merge(DEFAULT_CONFIG, recipe)
+        raise ConfigError(f"--config {path}: must hold a YAML mapping at the top level")
+    try:
+        return merge(DEFAULT_CONFIG, recipe)
+    except ConfigError as err:
+        raise ConfigError(f"--config {path}: {err}") from None
 
 
 def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -109,7 +147,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
     out = copy.deepcopy(dict(config))
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
         key, raw = item.split("=", 1)
         value = _parse_value(raw)
         node: dict[str, Any] = out
@@ -117,18 +155,23 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if not isinstance(child, dict):
-                raise ValueError(f"unknown config key {'.'.join(parts[: i + 1])!r} in override {item!r}")
+                raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r} in override {item!r}")
             node = child
         leaf = parts[-1]
         if leaf not in node and not (len(parts) >= 2 and parts[-2] == "kwargs"):
-            raise ValueError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(node))}")
+            raise ConfigError(
+                f"unknown config key {key!r} in override {item!r}; known keys here: {', '.join(sorted(node))}"
+            )
         node[leaf] = value
     return out
 
 
 def _parse_value(raw: str) -> Any:
     """YAML scalar parsing, plus the numbers YAML 1.1 reads as strings (``1e-3``)."""
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw  # e.g. an unbalanced bracket: kept as text, so the type check names the key
     if isinstance(value, str):
         try:
             return float(value)
@@ -138,19 +181,82 @@ def _parse_value(raw: str) -> Any:
 
 
 def validate_config(config: Mapping[str, Any]) -> None:
-    """Check values that would otherwise fail late or silently train something else."""
+    """Check every value's type and range before anything is built; raises :class:`ConfigError` (one line)."""
+    _check_types(config, DEFAULT_CONFIG, "")
+    _check_values(config)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "a string"
+
+
+def _fits(value: Any, expected: type) -> bool:
+    if isinstance(value, bool):
+        return expected is bool
+    if expected is float:
+        return isinstance(value, int | float)
+    return isinstance(value, expected)
+
+
+def _check_types(config: Mapping[str, Any], defaults: Mapping[str, Any], path: str) -> None:
+    for key, default in defaults.items():
+        where, value = f"{path}{key}", config.get(key)
+        if key == "kwargs":
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(f"{where} must be a mapping of options, got {value!r}")
+            continue
+        if isinstance(default, dict):
+            _check_types(value, default, f"{where}.")
+            continue
+        if default is None:
+            if value is not None and not _fits(value, _NULLABLE[where]):
+                expected = _kind(_NULLABLE[where]())
+                raise ConfigError(f"{where} must be {expected} or null, got {value!r}")
+            continue
+        expected = type(default)
+        if isinstance(default, list):
+            if not isinstance(value, list) or not all(_fits(v, int) for v in value):
+                raise ConfigError(f"{where} must be a list of integers, e.g. {default}, got {value!r}")
+        elif not _fits(value, expected):
+            raise ConfigError(f"{where} must be {_kind(default)}, got {value!r}")
+
+
+def _check_values(config: Mapping[str, Any]) -> None:
+    """Ranges and choices of values that would otherwise fail late or silently train something else."""
     if config["method"] not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {config['method']!r}")
-    optim, loss = config["optim"], config["loss"]
-    if int(optim["epochs"]) < 1:
-        raise ValueError(f"optim.epochs must be >= 1, got {optim['epochs']}")
-    if int(optim["batch_size"]) < 2:
-        raise ValueError(f"optim.batch_size must be >= 2, got {optim['batch_size']}")
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {config['method']!r}")
+    optim, loss, train = config["optim"], config["loss"], config["train"]
+    if optim["epochs"] < 1:
+        raise ConfigError(f"optim.epochs must be >= 1, got {optim['epochs']}")
+    if optim["batch_size"] < 2:
+        raise ConfigError(f"optim.batch_size must be >= 2, got {optim['batch_size']}")
+    if not optim["lr"] > 0:
+        raise ConfigError(f"optim.lr must be > 0, got {optim['lr']}")
     if optim["schedule"] not in ("step", "cosine", "constant"):
-        raise ValueError(f"optim.schedule must be step, cosine or constant, got {optim['schedule']!r}")
-    if not 0 <= float(loss["beta"]) < 1:
-        raise ValueError(f"loss.beta must be in [0, 1), got {loss['beta']}")
-    if float(loss["temperature"]) <= 0:
-        raise ValueError(f"loss.temperature (τ) must be > 0, got {loss['temperature']}")
-    if config["train"]["amp"] not in ("auto", "bf16", "fp16", "none"):
-        raise ValueError(f"train.amp must be auto, bf16, fp16 or none, got {config['train']['amp']!r}")
+        raise ConfigError(f"optim.schedule must be step, cosine or constant, got {optim['schedule']!r}")
+    if not 0 <= loss["beta"] < 1:
+        raise ConfigError(f"loss.beta must be in [0, 1), got {loss['beta']}")
+    if loss["temperature"] <= 0:
+        raise ConfigError(f"loss.temperature (τ) must be > 0, got {loss['temperature']}")
+    if train["amp"] not in ("auto", "bf16", "fp16", "none"):
+        raise ConfigError(f"train.amp must be auto, bf16, fp16 or none, got {train['amp']!r}")
+    if train["num_threads"] is not None and train["num_threads"] < 1:
+        raise ConfigError(
+            f"train.num_threads must be >= 1 or null (= all usable CPUs), got {train['num_threads']}"
+        )
+    if train["progress_every"] < 1:
+        raise ConfigError(f"train.progress_every must be >= 1, got {train['progress_every']}")
+    if config["eval"]["select_metric"] not in SELECT_METRICS:
+        raise ConfigError(
+            f"eval.select_metric must be one of {', '.join(SELECT_METRICS)}, got {config['eval']['select_metric']!r}"
+        )

@@ -25,11 +25,15 @@ import torch.nn.functional as F
 
 __all__ = [
     "MinedKeys",
+    "attach_gradient",
     "gather_similarity",
     "hard_negatives",
     "hard_positives",
+    "mine_class_major",
     "mine_hard_pairs",
     "queue_similarity",
+    "two_stage_topk",
+    "use_two_stage",
 ]
 
 
@@ -68,8 +72,10 @@ class _GatheredSimilarity(torch.autograd.Function):
     """``out[b, q] = anchors[b] · keys[index[b, q]]``; backward to the anchors only, without dense ``[B, N]``."""
 
     @staticmethod
-    def forward(ctx, anchors, keys, index, sim):  # type: ignore[override]
+    def forward(ctx, anchors, keys, index, sim, values=None):  # type: ignore[override]
         ctx.save_for_backward(keys, index)
+        if values is not None:
+            return values.clone()  # [B, Q] picked values computed during mining
         if sim is not None:
             return sim.gather(1, index)  # [B, Q]
         out = anchors.new_empty(index.shape)  # [B, Q]
@@ -87,7 +93,7 @@ class _GatheredSimilarity(torch.autograd.Function):
         grad_anchors = F.embedding_bag(
             index, keys.to(grad.dtype), per_sample_weights=grad.contiguous(), mode="sum"
         )
-        return grad_anchors, None, None, None  # [B, d]
+        return grad_anchors, None, None, None, None  # [B, d]
 
 
 def gather_similarity(
@@ -195,11 +201,10 @@ def hard_negatives(
         excluded |= ~filled[None, :]  # [B, N] bool: or not yet written
         score = sim.detach().masked_fill(excluded, float("-inf"))  # [B, N] the one float copy
         del excluded
-        top = torch.topk(score, num_negatives, dim=1, largest=True, sorted=False)  # unsorted is faster
+        top = torch.topk(score, num_negatives, dim=1, largest=True, sorted=True)  # [B, Qn]
         del score
-        order = torch.argsort(top.values, dim=1, descending=True)  # [B, Qn] sort only the picks
-        pick = top.indices.gather(1, order)  # [B, Qn]
-        valid = top.values.gather(1, order) > float("-inf")  # [B, Qn]
+        pick = top.indices  # [B, Qn]
+        valid = top.values > float("-inf")  # [B, Qn]
         del top
     values = torch.where(valid, sim.gather(1, pick), 0.0)  # [B, Qn]
     return MinedKeys(values, valid, pick)
@@ -230,4 +235,124 @@ def mine_hard_pairs(
     """
     positives = hard_positives(sim, labels, filled, size_per_class, num_positives)
     negatives = hard_negatives(sim, labels, key_labels, filled, num_negatives)
+    return positives, negatives
+
+
+def attach_gradient(
+    anchors: torch.Tensor, keys: torch.Tensor, index: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """Make already-mined pair similarities differentiable w.r.t. the anchors (keys are constants).
+
+    ``values[b, q]`` must equal ``anchors[b] · keys[index[b, q]]`` (as returned by :func:`mine_class_major`,
+    which reads them from the detached ``sim``). The forward returns a copy of ``values``; the backward is the
+    ``O(B·Q·d)`` ``embedding_bag`` of :func:`gather_similarity`.
+
+    Args:
+        anchors: ``[B, d]`` embeddings z.
+        keys: ``[N, d]`` queue keys; must not be modified in place before ``backward`` (pass a snapshot).
+        index: ``[B, Q]`` long flat queue slot of each pick.
+        values: ``[B, Q]`` the picked similarities (no gradient).
+
+    Returns:
+        ``[B, Q]`` similarities with a gradient path to ``anchors``.
+    """
+    if index.shape != values.shape or index.dim() != 2 or index.shape[0] != anchors.shape[0]:
+        raise ValueError(
+            f"index and values must both have shape [{anchors.shape[0]}, Q], got {list(index.shape)} and "
+            f"{list(values.shape)}"
+        )
+    return _GatheredSimilarity.apply(anchors, keys.detach(), index.long(), None, values.detach())
+
+
+def two_stage_topk(score: torch.Tensor, size_per_class: int, k: int) -> torch.return_types.topk:
+    """Exact ``topk(score, k)`` (unsorted) over a class-major ``[B, C*K]`` score, looking at few columns.
+
+    Stage 1 takes each class's best slot (``max`` over its K slots, ``[B, C]``) and keeps the ``min(k, C)``
+    classes with the highest maxima; stage 2 runs ``topk`` over only those classes' slots (``[B, k*K]``).
+
+    Exactness: let slot x of a class c outside the kept set have score s. Every kept class has a maximum
+    ``>= max_c >= s``, so the candidates hold at least k slots scoring ``>= s``. Hence the j-th largest
+    candidate score equals the j-th largest overall score for every ``j <= k`` (the candidates are a subset,
+    so it cannot be larger). The returned values are therefore the same multiset as the plain ``topk``;
+    only among exactly tied scores may a different slot be returned, as with ``topk`` itself.
+
+    Args:
+        score: ``[B, C*K]`` scores, slot ``j`` of class ``j // K`` (−inf marks slots to skip).
+        size_per_class: K.
+        k: how many to keep, ``0 <= k <= C*K``.
+
+    Returns:
+        ``(values [B, k], indices [B, k])`` like ``torch.topk(score, k, dim=1, sorted=False)``.
+    """
+    b, n = score.shape
+    num_classes = n // size_per_class
+    kept = min(k, num_classes)
+    # max over each class's K slots; max_pool1d is the same max, about 2x faster than amax over a dim of 8
+    class_max = F.max_pool1d(score[:, None, : num_classes * size_per_class], size_per_class)[:, 0]  # [B, C]
+    classes = torch.topk(class_max, kept, dim=1, sorted=False).indices  # [B, kept]
+    blocks = score.view(b, num_classes, size_per_class)  # [B, C, K]
+    picked_blocks = classes[:, :, None].expand(b, kept, size_per_class)  # [B, kept, K] index, no copy
+    candidates = blocks.gather(1, picked_blocks).view(b, kept * size_per_class)  # [B, kept*K]
+    top = torch.topk(candidates, k, dim=1, sorted=False)  # [B, k] positions among the candidates
+    slot = classes.gather(1, top.indices // size_per_class) * size_per_class + top.indices % size_per_class
+    return torch.return_types.topk((top.values, slot))  # [B, k] values, flat slots
+
+
+def use_two_stage(num_classes: int, size_per_class: int, k: int) -> bool:
+    """Whether :func:`two_stage_topk` reads clearly fewer columns than a plain ``topk`` (k·K <= C·K / 4)."""
+    return size_per_class > 1 and 4 * min(k, num_classes) <= num_classes
+
+
+@torch.no_grad()
+def mine_class_major(
+    sim: torch.Tensor,
+    labels: torch.Tensor,
+    filled: torch.Tensor | None,
+    size_per_class: int,
+    num_positives: int,
+    num_negatives: int,
+) -> tuple[MinedKeys, MinedKeys]:
+    """Hard positives and negatives from a class-major queue, overwriting the detached ``sim`` as scratch.
+
+    The fast path of :func:`mine_hard_pairs` used by the loss. It allocates nothing of size ``[B, N]``: the
+    anchor's own K-slot block and the unfilled slots are set to −inf **in ``sim`` itself**, then one ``topk``
+    (or :func:`two_stage_topk` when C is large next to Qn) picks the negatives. Negatives come back in no
+    particular order (the loss does not depend on it); positives least-similar first. ``values`` are read
+    from ``sim`` before it is overwritten, so they are exactly the similarities (0 where not ``valid``).
+
+    Args:
+        sim: ``[B, C*K]`` detached similarities; **clobbered**.
+        labels: ``[B]`` anchor classes.
+        filled: ``[C*K]`` bool slots holding a real key, or ``None`` when every slot is filled.
+        size_per_class: K.
+        num_positives: Qp, ``0 <= Qp <= K``.
+        num_negatives: Qn, ``0 <= Qn <= C*K``.
+
+    Returns:
+        ``(positives [B, Qp], negatives [B, Qn])`` as :class:`MinedKeys`.
+    """
+    b, n = sim.shape
+    k = size_per_class
+    own = labels.long()[:, None] * k + torch.arange(k, device=sim.device)  # [B, K] own slots
+    own_sim = sim.gather(1, own)  # [B, K]
+    if filled is not None:
+        own_sim_ranked = own_sim.masked_fill(~filled[own], float("inf"))  # [B, K] unfilled ranked last
+    else:
+        own_sim_ranked = own_sim
+    pos_top = torch.topk(own_sim_ranked, num_positives, dim=1, largest=False, sorted=True)  # [B, Qp]
+    pos_valid = pos_top.values < float("inf")  # [B, Qp]
+    positives = MinedKeys(
+        pos_top.values.masked_fill(~pos_valid, 0.0), pos_valid, own.gather(1, pos_top.indices)
+    )
+
+    score = sim  # [B, N] scratch from here on
+    score.scatter_(1, own, float("-inf"))  # same class: the anchor's own K-slot block
+    if filled is not None:
+        score.masked_fill_(~filled, float("-inf"))  # [N] mask broadcast over rows, in place
+    if use_two_stage(n // k, k, num_negatives):
+        top = two_stage_topk(score, k, num_negatives)  # [B, Qn]
+    else:
+        top = torch.topk(score, num_negatives, dim=1, sorted=False)  # [B, Qn]
+    neg_valid = top.values > float("-inf")  # [B, Qn]
+    negatives = MinedKeys(top.values.masked_fill(~neg_valid, 0.0), neg_valid, top.indices)
     return positives, negatives

@@ -19,6 +19,8 @@ from rescom import distributed as dist
 
 __all__ = ["ClassBalancedQueue"]
 
+_FULL_CHECK_EVERY = 50  # enqueues between host reads of "every slot filled" (until it holds)
+
 
 class ClassBalancedQueue(nn.Module):
     """Per-class ring buffers of K keys, held as registered buffers so they live in ``state_dict``.
@@ -53,6 +55,8 @@ class ClassBalancedQueue(nn.Module):
         self.register_buffer("keys", keys)  # [C, K, d]
         self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))  # [C]
         self.register_buffer("filled", torch.zeros(num_classes, size_per_class, dtype=torch.bool))  # [C, K]
+        self._all_filled: bool | None = None  # None: unknown, read `filled` on the next query
+        self._enqueues = 0
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, dim={self.dim}, size_per_class={self.size_per_class}"
@@ -69,6 +73,20 @@ class ClassBalancedQueue(nn.Module):
     def filled_flat(self) -> torch.Tensor:
         """Whether each flat slot holds a real key, ``[C*K]`` bool (a view)."""
         return self.filled.view(-1)
+
+    def unfilled_mask_needed(self) -> torch.Tensor | None:
+        """``filled_flat()``, or ``None`` once every slot has been written (mining can then skip the mask).
+
+        "All filled" never reverts during training, so it is checked with one host read only every
+        ``_FULL_CHECK_EVERY`` enqueues (a sync on CUDA) until it holds; loading a state dict re-checks.
+        """
+        if self._all_filled is None:
+            self._all_filled = bool(self.filled.all())
+        return None if self._all_filled else self.filled_flat()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._all_filled = None
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
@@ -119,3 +137,6 @@ class ClassBalancedQueue(nn.Module):
         self.keys.index_put_((labels, slot), keys[source])  # duplicates write identical values
         self.filled.index_put_((labels, slot), torch.ones_like(slot, dtype=torch.bool))
         self.ptr.copy_((self.ptr + counts) % k)
+        self._enqueues += 1
+        if self._all_filled is False and self._enqueues % _FULL_CHECK_EVERY == 0:
+            self._all_filled = None

@@ -8,6 +8,7 @@ header and then the script's own table.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -21,12 +22,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def command_line() -> str:
-    """How this process was started, with the interpreter shown as ``python`` and paths relative to the root."""
+    """How this process was started, with the interpreter shown as ``python``, paths relative to the root and the
+    thread-count variables that were set (they change the figures)."""
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ]
     args = []
     for arg in sys.argv:
         path = Path(arg).resolve() if Path(arg).is_absolute() else None
         args.append(str(path.relative_to(ROOT)) if path is not None and ROOT in path.parents else arg)
-    return shlex.join(["python", *args])
+    return " ".join([*env, shlex.join(["python", *args])])
 
 
 def write_result(

@@ -4,7 +4,9 @@
         --recipe training/configs/digits_lt.yaml
 
 Rewrites only ``metrics`` in ``rescom.json`` (raw and served ``top1`` / ``balanced_acc``, Many/Medium/Few, the
-thresholds used); ``model.onnx`` is not touched (its hash stays valid). The thresholds come from ``--recipe``'s
+thresholds used) and, when the dataset has a validation split, ``calibration.confusion`` / ``calibration.val_counts``
+(what the BBSE and RLLS label-shift estimators need; computed with the recorded ``T`` and ``b``, which are not
+refitted); ``model.onnx`` is not touched (its hash stays valid). The thresholds come from ``--recipe``'s
 ``eval.many_threshold`` / ``eval.few_threshold``, else from the figures already recorded, else 100 / 20. Used to
 bring the bundled model's metadata to the format of export/to_onnx.py without retraining.
 """
@@ -25,6 +27,7 @@ from rescom import model_repository as mr
 from rescom.config import load_config
 from rescom.data import build_datasets
 from rescom.data.arrays import split_arrays
+from rescom.label_shift import soft_confusion
 
 
 def _thresholds(meta: dict, recipe: str | None) -> dict[str, int]:
@@ -61,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         calibration.get("class_bias"),
         _thresholds(meta, args.recipe),
     )
+    val = split_arrays(splits, "val")
+    if val is not None:
+        val_logits = version_logits(args.model_repository, args.name, version, val[0]).astype(np.float64)
+        c = len(meta["class_names"])
+        t = calibration.get("temperature") or 1.0
+        b = np.asarray(calibration.get("class_bias") or np.zeros(c), dtype=np.float64)
+        confusion = soft_confusion(val_logits, val[1], c, t, b)  # [C, C]
+        calibration["confusion"] = [[round(float(v), 6) for v in row] for row in confusion]
+        calibration["val_counts"] = [int(n) for n in np.bincount(val[1], minlength=c)]
+        meta["calibration"] = calibration
     mr.write_metadata(mr.version_path(args.model_repository, args.name, version), meta)
     m = meta["metrics"]
     print(

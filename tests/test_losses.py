@@ -440,3 +440,20 @@ def test_rescom_runs_in_float32_and_learns_from_empty_queue():
     want = class_balanced_supcon(z, labels, 0.2, crit.class_weight)
     torch.testing.assert_close(out["loss_con"], want, rtol=1e-6, atol=1e-6)
     assert crit.queue.filled.any()
+
+
+def test_rescom_mining_in_row_chunks_equals_one_chunk(monkeypatch):
+    """Chunked mining (used at large C to bound the [rows, C*K] scratch) changes neither loss nor gradient."""
+    import rescom.losses.rescom as rescom_module
+
+    logits, z, labels = siamese_batch(b=7, seed=8)
+    results = []
+    for chunk in (10**9, 3 * KWARGS["queue_size"] * len(COUNTS)):  # one chunk, then 3 rows per chunk
+        monkeypatch.setattr(rescom_module, "MINING_CHUNK_ELEMENTS", chunk)
+        crit = partly_filled_rescom(seed=2).eval()
+        zz = z.clone().requires_grad_(True)
+        out = crit({"logits": logits, "embedding": zz}, labels)
+        out["loss"].backward()
+        results.append((out["loss"].detach(), zz.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-12, atol=1e-12)

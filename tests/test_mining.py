@@ -6,7 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rescom.mining import gather_similarity, hard_negatives, hard_positives, mine_hard_pairs, queue_similarity
+from rescom.mining import (
+    attach_gradient,
+    gather_similarity,
+    hard_negatives,
+    hard_positives,
+    mine_class_major,
+    mine_hard_pairs,
+    queue_similarity,
+    two_stage_topk,
+    use_two_stage,
+)
 
 
 def brute_force(sim, labels, key_labels, filled, qp, qn):
@@ -150,3 +160,98 @@ def test_gather_similarity_argument_errors():
         gather_similarity(z, keys, torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"sim must have shape \[4, 10\]"):
         gather_similarity(z, keys, torch.zeros(4, 2, dtype=torch.long), torch.zeros(4, 9))
+
+
+# ------------------------------------------------------------------- fast class-major path used by the loss
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(
+    ("qp", "qn", "fill"), [(1, 5, 0.6), (2, 1, 1.0), (4, 20, 0.4), (0, 0, 0.6), (3, 24, 1.0)]
+)
+def test_mine_class_major_matches_brute_force(seed, qp, qn, fill):
+    z, keys, labels, key_labels, filled, k = random_case(seed, fill=fill)
+    if fill == 1.0:
+        filled[:] = True
+    sim = queue_similarity(z, keys)
+    pos, neg = mine_class_major(sim.clone(), labels, None if fill == 1.0 else filled, k, qp, qn)
+    ref_pos, ref_neg = brute_force(sim, labels, key_labels, filled, qp, qn)
+    for i in range(z.shape[0]):
+        n_valid = int(pos.valid[i].sum())
+        assert pos.index[i, :n_valid].tolist() == ref_pos[i]  # positives: least similar first
+        assert pos.valid[i, :n_valid].all() and (pos.values[i, n_valid:] == 0).all()
+        torch.testing.assert_close(pos.values[i, :n_valid], sim[i, ref_pos[i]], rtol=0, atol=0)
+        # negatives come unordered: compare as sets, values exactly
+        got = neg.index[i][neg.valid[i]].tolist()
+        assert sorted(got) == sorted(ref_neg[i])
+        torch.testing.assert_close(neg.values[i][neg.valid[i]], sim[i, got], rtol=0, atol=0)
+        assert (neg.values[i][~neg.valid[i]] == 0).all()
+
+
+def _plain_topk_values(score, k):
+    return torch.topk(score, k, dim=1, sorted=True).values
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("c", "k_slots", "q"), [(50, 4, 10), (200, 8, 40), (31, 3, 7), (64, 2, 16)])
+def test_two_stage_topk_is_exact(seed, c, k_slots, q):
+    g = torch.Generator().manual_seed(seed)
+    score = torch.randn(9, c * k_slots, generator=g)
+    score[score < -1.5] = float("-inf")  # skipped slots (own class, unfilled)
+    top = two_stage_topk(score, k_slots, q)
+    assert top.values.shape == top.indices.shape == (9, q)
+    torch.testing.assert_close(top.values.sort(dim=1, descending=True).values, _plain_topk_values(score, q))
+    assert torch.equal(score.gather(1, top.indices), top.values)  # the indices point at those values
+    assert all(len(set(row)) == q for row in top.indices.tolist())  # no slot twice
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_stage_topk_is_exact_with_ties(seed):
+    """Heavy ties (scores from 5 levels, duplicated keys, whole classes equal): same values as topk."""
+    g = torch.Generator().manual_seed(seed)
+    c, k_slots, q = 120, 4, 25
+    score = torch.randint(0, 5, (7, c * k_slots), generator=g).float() / 4  # values in {0, .25, .5, .75, 1}
+    score[:, :k_slots] = 1.0  # a class whose every slot ties with the best
+    score[:, -3 * k_slots :] = float("-inf")  # classes with nothing to pick
+    top = two_stage_topk(score, k_slots, q)
+    assert torch.equal(top.values.sort(dim=1, descending=True).values, _plain_topk_values(score, q))
+    assert torch.equal(score.gather(1, top.indices), top.values)
+    assert all(len(set(row)) == q for row in top.indices.tolist())
+
+
+def test_two_stage_is_chosen_only_when_it_reads_fewer_columns():
+    assert use_two_stage(8142, 8, 2000)  # iNaturalist recipe
+    assert not use_two_stage(100, 10, 400)  # CIFAR-100 recipe: Qn >= C, plain topk
+    assert not use_two_stage(1000, 1, 10)  # K = 1: the class max is the slot itself
+
+
+def test_mine_class_major_two_stage_equals_plain_path_at_scale():
+    """C=2000, K=8, Qn=300: the two-stage negatives are the plain top-Qn (values and, without ties, slots)."""
+    c, k, d, b = 2000, 8, 16, 24
+    g = torch.Generator().manual_seed(3)
+    keys = F.normalize(torch.randn(c * k, d, generator=g), dim=1)
+    z = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    labels = torch.randint(0, c, (b,), generator=g)
+    filled = torch.rand(c * k, generator=g) < 0.9
+    sim = queue_similarity(z, keys)
+    assert use_two_stage(c, k, 300)
+    _, fast = mine_class_major(sim.clone(), labels, filled, k, 1, 300)
+    _, ref = mine_hard_pairs(sim, labels, torch.arange(c).repeat_interleave(k), filled, k, 1, 300)
+    assert fast.valid.all() and ref.valid.all()
+    assert torch.equal(fast.index.sort(dim=1).values, ref.index.sort(dim=1).values)
+
+
+def test_attach_gradient_equals_gather_similarity():
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    keys = torch.randn(20, 4, generator=g, dtype=torch.float64)
+    index = torch.randint(0, 20, (5, 7), generator=g)
+    weight = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    sim = (z @ keys.T).detach()
+    want = gather_similarity(z, keys, index, sim)
+    (want * weight).sum().backward()
+    want_grad, z.grad = z.grad.clone(), None
+    got = attach_gradient(z, keys, index, sim.gather(1, index))
+    assert torch.equal(got, want.detach())
+    (got * weight).sum().backward()
+    assert torch.equal(z.grad, want_grad)

@@ -220,7 +220,9 @@ def test_adaptive_prior_estimates_em_on_the_traffic(client: httpx.Client, settin
 def test_a_request_picks_its_label_shift_estimator(client: httpx.Client):
     """prior=adaptive:NAME runs that estimator (here the service's default is plain EM, so adaptive:em answers
     exactly like adaptive); an unknown estimator is a 422 that lists the allowed ones."""
-    traffic = [("file", (f"{i}.png", encode(im), "image/png")) for i, im in enumerate(random_images(24, seed=5))]
+    traffic = [
+        ("file", (f"{i}.png", encode(im), "image/png")) for i, im in enumerate(random_images(24, seed=5))
+    ]
     assert client.post("/predict", files=traffic).status_code == 200
     default = post_png(client, IMAGES[3], top_k=10, prior="adaptive").json()["predictions"][0]
     named = post_png(client, IMAGES[3], top_k=10, prior="adaptive:em").json()["predictions"][0]

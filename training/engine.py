@@ -16,7 +16,15 @@ from torch.utils.data import DataLoader, Sampler
 
 from rescom import distributed as dist
 
-__all__ = ["NonFiniteLossError", "ShardSampler", "EpochStats", "train_one_epoch", "predict_logits"]
+__all__ = [
+    "EpochStats",
+    "NonFiniteLossError",
+    "RunningSums",
+    "ShardSampler",
+    "optimizer_step",
+    "predict_logits",
+    "train_one_epoch",
+]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,12 +46,15 @@ class ShardSampler(Sampler[int]):
 
 @dataclass
 class EpochStats:
-    """Means over one epoch (all ranks), plus throughput in images per second (both views counted)."""
+    """Means over one epoch (all ranks), plus throughput in images per second (both views counted).
+
+    ``top1`` is the plain top-1 accuracy (percent) of the raw logits on the augmented training views.
+    """
 
     loss: float
     loss_cls: float
     loss_con: float
-    acc: float
+    top1: float
     images_per_s: float
     seconds: float
 
@@ -51,10 +62,68 @@ class EpochStats:
 def autocast_context(
     device: torch.device, amp_dtype: torch.dtype | None
 ) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for CUDA mixed precision, a no-op otherwise."""
+    """``torch.autocast`` for mixed precision (training only), a no-op when ``amp_dtype`` is None."""
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+class RunningSums:
+    """Per-epoch sums kept on the device (no host sync per step): loss, loss_cls, loss_con, correct.
+
+    The number of samples is known on the host and kept there, so a step never copies a scalar to the device.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device_sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, cls, con, correct
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, losses: dict[str, torch.Tensor], logits: torch.Tensor, targets: torch.Tensor) -> None:
+        n = targets.numel()
+        correct = (logits.argmax(dim=1) == targets).sum()
+        step = torch.stack(
+            [
+                losses["loss"].detach() * n,
+                losses["loss_cls"].detach() * n,
+                losses["loss_con"].detach() * n,
+                correct,
+            ]
+        )  # [4]
+        self.device_sums += step.double()
+        self.count += n
+
+    def means(self, reduce: bool = False) -> tuple[float, float, float, float]:
+        """(loss, loss_cls, loss_con, top-1 %) so far; ``reduce`` sums over all ranks first (a collective)."""
+        sums = torch.cat([self.device_sums, self.device_sums.new_tensor([self.count])])  # [5]
+        if reduce:
+            sums = dist.all_reduce_sum(sums)
+        loss, cls, con, correct, count = sums.tolist()  # one host read
+        count = max(count, 1.0)
+        return loss / count, cls / count, con / count, 100.0 * correct / count
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+) -> None:
+    """Backward and update; with a GradScaler (fp16) the loss is scaled and the gradients unscaled to clip."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)  # skipped when the scaled gradients hold inf/NaN
+    scaler.update()
 
 
 def train_one_epoch(
@@ -70,6 +139,7 @@ def train_one_epoch(
     channels_last: bool = False,
     grad_clip: float | None = None,
     progress: Any = None,
+    progress_every: int = 5,
 ) -> EpochStats:
     """Run one epoch of two-view training.
 
@@ -77,73 +147,60 @@ def train_one_epoch(
     ``[2b]`` (view 1 rows, then view 2 rows), so the Siamese Balanced Softmax sees both views and the
     contrastive loss pairs them. The loss is checked for NaN/Inf once per epoch on the device (no host sync
     per step); a non-finite epoch raises :class:`NonFiniteLossError` before anything is saved.
+
+    Args:
+        progress: Optional tqdm bar; every ``progress_every`` steps it advances and shows the running loss,
+            top-1 and images/s of this epoch (one host read of the running sums each time).
     """
     model.train()
     criterion.train()
-    sums = torch.zeros(5, device=device, dtype=torch.float64)  # loss, loss_cls, loss_con, correct, count
+    sums = RunningSums(device)
     start = time.perf_counter()
-    images_seen = 0
-    for step, (views, labels) in enumerate(loader):
+    images_seen, pending = 0, 0
+    for views, labels in loader:
         images = torch.cat([v.to(device, non_blocking=True) for v in views])  # [2b, 3, H, W]
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        targets = labels.repeat(len(views))  # [2b]
+        targets = labels.to(device, non_blocking=True).repeat(len(views))  # [2b]
         with autocast_context(device, amp_dtype):
             outputs = model(images)
         outputs = {k: v.float() for k, v in outputs.items()}
         losses = criterion(outputs, targets)
-        loss = losses["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        with torch.no_grad():
-            n = targets.numel()
-            correct = (outputs["logits"].argmax(dim=1) == targets).sum()
-            sums += torch.stack(
-                [
-                    loss.detach().double() * n,
-                    losses["loss_cls"].detach().double() * n,
-                    torch.as_tensor(losses["loss_con"], device=device).detach().double() * n,
-                    correct.double(),
-                    torch.tensor(float(n), device=device, dtype=torch.float64),
-                ]
-            )
+        optimizer_step(losses["loss"], model, optimizer, scaler, grad_clip)
+        sums.add(losses, outputs["logits"], targets)
         images_seen += images.shape[0]
-        if progress is not None:
-            progress.update(1)
-            if step % 10 == 0:
-                elapsed = max(time.perf_counter() - start, 1e-9)
-                progress.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images_seen / elapsed:.0f}")
+        pending += 1
+        if progress is not None and pending >= progress_every:
+            _show_progress(progress, pending, sums, images_seen, start)
+            pending = 0
+    if progress is not None and pending:
+        _show_progress(progress, pending, sums, images_seen, start)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    sums = dist.all_reduce_sum(sums)
-    total = max(float(sums[4]), 1.0)
-    loss_mean = float(sums[0]) / total
-    if not math.isfinite(loss_mean) or not all(torch.isfinite(p).all() for p in model.parameters()):
+    loss, loss_cls, loss_con, top1 = sums.means(reduce=True)
+    if not math.isfinite(loss) or not all(torch.isfinite(p).all() for p in model.parameters()):
         raise NonFiniteLossError(
-            f"the loss became {loss_mean} in epoch {epoch + 1}: training stopped; the last good checkpoint is "
+            f"the loss became {loss} in epoch {epoch + 1}: training stopped; the last good checkpoint is "
             "kept. Lower optim.lr, set train.grad_clip, or use train.amp=bf16/none."
         )
     return EpochStats(
-        loss=loss_mean,
-        loss_cls=float(sums[1]) / total,
-        loss_con=float(sums[2]) / total,
-        acc=100.0 * float(sums[3]) / total,
+        loss=loss,
+        loss_cls=loss_cls,
+        loss_con=loss_con,
+        top1=top1,
         images_per_s=images_seen * dist.get_world_size() / max(seconds, 1e-9),
         seconds=seconds,
     )
+
+
+def _show_progress(progress: Any, steps: int, sums: RunningSums, images_seen: int, start: float) -> None:
+    loss, _, _, top1 = sums.means()
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    progress.set_postfix(
+        loss=f"{loss:.3f}", top1=f"{top1:.1f}", img_s=f"{images_seen / elapsed:.0f}", refresh=False
+    )
+    progress.update(steps)
 
 
 @torch.no_grad()
@@ -152,33 +209,35 @@ def predict_logits(
     dataset: Any,
     device: torch.device,
     *,
+    num_classes: int,
     batch_size: int = 256,
     num_workers: int = 0,
-    amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw logits ``[N, C]`` (float32) and labels ``[N]`` of a whole dataset, sharded over ranks.
+    """Raw float32 logits ``[N, C]`` and labels ``[N]`` of a whole dataset, sharded over ranks.
 
-    Every rank evaluates its shard; the shards are all-gathered with their indices and put back in
+    Evaluation always runs in float32, without autocast, so validation/test metrics and the fitted
+    temperature come from the logits the exported ONNX model serves. Every rank evaluates its shard (a rank
+    may get none when the dataset has fewer samples than ranks: its part is ``[0, C]``, so the ragged
+    all-gather still agrees on the shape); the shards are all-gathered with their indices and put back in
     dataset order, so every rank returns the same arrays.
     """
     model.eval()
     rank, world = dist.get_rank(), dist.get_world_size()
     sampler = ShardSampler(len(dataset), rank, world)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
-    logits_parts, label_parts = [], []
+    logits_parts = [torch.zeros(0, num_classes, device=device)]  # [0, C] even for an empty shard
+    label_parts = [torch.zeros(0, dtype=torch.long, device=device)]
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, amp_dtype):
-            out = model(images)
+        out = model(images)
         logits = out["logits"] if isinstance(out, dict) else out
         logits_parts.append(logits.float())  # [n, C]
-        label_parts.append(labels.to(device))
-    num_classes = logits_parts[0].shape[1] if logits_parts else 0
-    logits = torch.cat(logits_parts) if logits_parts else torch.zeros(0, num_classes, device=device)
-    labels = torch.cat(label_parts) if label_parts else torch.zeros(0, dtype=torch.long, device=device)
+        label_parts.append(labels.to(device=device, dtype=torch.long))
+    logits = torch.cat(logits_parts)  # [n_rank, C]
+    labels = torch.cat(label_parts)  # [n_rank]
     index = torch.as_tensor(sampler.indices, dtype=torch.long, device=device)
     if world > 1:
         logits = dist.concat_all_gather(logits)

@@ -6,6 +6,11 @@
 Config flows one way: defaults (rescom.config) ← YAML recipe ← flags ← ``key=value`` overrides, e.g.
 ``optim.lr=0.05 loss.num_negatives=200``. Writes ``last.pt``, ``best.pt``, ``config.yaml``, ``log.jsonl`` and
 ``metrics.json`` into ``--output-dir``. ``--resume`` continues exactly where ``last.pt`` stopped.
+
+The run is five steps, each a function: :func:`build_trainer` (device, data, model, loss, optimiser),
+:func:`resume_trainer`, :func:`run_epoch`, :func:`evaluate_and_checkpoint` and :func:`finish` (test metrics
+of the selected model, temperature, ``metrics.json``). User errors (bad config, override or path) are one
+line on stderr and exit status 2, checked before any data is loaded.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,7 @@ from rescom import __version__
 from rescom import distributed as dist
 from rescom.calibration import fit_temperature
 from rescom.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, to_plain
-from rescom.config import METHODS, apply_overrides, load_config, validate_config
+from rescom.config import ConfigError
 from rescom.data import build_datasets
 from rescom.data.transforms import TwoViewTransform, create_transforms
 from rescom.losses import create_loss
@@ -42,57 +48,33 @@ from rescom.models import create_model
 from rescom.recipes import check as check_recipe
 from rescom.recipes import contrastive_weight
 from rescom.schedule import lr_multiplier
+from training.cli import (
+    check_paths,
+    choose_num_threads,
+    get_args_parser,
+    option_name,
+    print_error,
+    resolve_config,
+    unused_option_warnings,
+)
 from training.engine import NonFiniteLossError, predict_logits, train_one_epoch
 
+__all__ = [
+    "Trainer",
+    "build_trainer",
+    "cli",
+    "evaluate_and_checkpoint",
+    "finish",
+    "get_args_parser",
+    "main",
+    "resolve_config",
+    "resume_trainer",
+    "run_epoch",
+    "train",
+]
+
 log = logging.getLogger("rescom.train")
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """The command line; every flag is optional and overrides the YAML recipe."""
-    p = argparse.ArgumentParser(description="Train ResCom on long-tailed data.", add_help=add_help)
-    p.add_argument(
-        "--config", default="training/configs/digits_lt.yaml", help="YAML recipe (default: %(default)s)"
-    )
-    p.add_argument("--method", choices=METHODS, help="rescom (default), or a baseline on the same recipe")
-    p.add_argument("--epochs", type=int, help="number of epochs (overrides optim.epochs)")
-    p.add_argument("--batch-size", type=int, help="global batch size per view (overrides optim.batch_size)")
-    p.add_argument("--lr", type=float, help="base learning rate (overrides optim.lr)")
-    p.add_argument("--output-dir", help="where checkpoints and logs go (default: runs/<config name>)")
-    p.add_argument("--data-dir", help="dataset root (overrides data.dir)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument(
-        "--resume", nargs="?", const="auto", help="checkpoint to resume; bare flag = OUTPUT_DIR/last.pt"
-    )
-    p.add_argument("--seed", type=int, help="random seed (default: 0)")
-    p.add_argument("--workers", type=int, help="data-loading worker processes (overrides data.num_workers)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
-    return p
-
-
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults ← recipe ← flags ← overrides, validated."""
-    cfg = load_config(args.config)
-    flags = {
-        "method": args.method,
-        "optim.epochs": args.epochs,
-        "optim.batch_size": args.batch_size,
-        "optim.lr": args.lr,
-        "data.dir": args.data_dir,
-        "device": args.device,
-        "seed": args.seed,
-        "data.num_workers": args.workers,
-    }
-    cfg = apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
-    if args.no_progress:
-        cfg["train"]["progress"] = False
-    cfg = apply_overrides(cfg, args.overrides)
-    if args.output_dir:
-        cfg["output_dir"] = args.output_dir
-    elif args.config and cfg["output_dir"] == "runs/default":
-        cfg["output_dir"] = f"runs/{Path(args.config).stem}"
-    validate_config(cfg)
-    return cfg
+HEADLINE_METRICS = ("top1", "balanced_acc", "acc", "many", "medium", "few")
 
 
 def select_device(spec: str) -> torch.device:
@@ -197,16 +179,16 @@ def evaluate_split(
     device: torch.device,
     cfg: dict[str, Any],
     class_counts: Any,
-    amp_dtype: torch.dtype | None,
+    num_classes: int,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Top-1 / Many / Medium / Few (percent) of ``dataset`` plus its raw logits and labels."""
+    """top1 / balanced_acc / Many / Medium / Few (percent) of ``dataset``, plus its fp32 logits and labels."""
     logits, labels = predict_logits(
         model,
         dataset,
         device,
+        num_classes=num_classes,
         batch_size=cfg["eval"]["batch_size"],
         num_workers=cfg["data"]["num_workers"],
-        amp_dtype=amp_dtype,
         channels_last=cfg["train"]["channels_last"],
     )
     metrics = longtail_metrics(
@@ -219,42 +201,72 @@ def evaluate_split(
     return metrics, logits, labels
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, select on validation, evaluate on test; returns the content of metrics.json."""
-    cfg = resolve_config(args)
-    dist.init_distributed()
-    try:
-        return _train(cfg, args.resume)
-    finally:
-        dist.destroy_distributed()
+# ----------------------------------------------------------------------------------------------- build
 
 
-def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
-    out_dir = Path(cfg["output_dir"])
-    if dist.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    setup_logging(out_dir)
-    device = select_device(str(cfg["device"]))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    amp_dtype = select_amp(cfg["train"]["amp"], device)
-    seed = int(cfg["seed"])
-    seed_everything(seed)
-    world, rank = dist.get_world_size(), dist.get_rank()
-    log.info(
-        "rescom %s | method %s | device %s | world size %d | amp %s",
-        __version__,
-        cfg["method"],
-        device,
-        world,
-        amp_dtype,
-    )
+@dataclass
+class Trainer:
+    """Everything one run holds; built by :func:`build_trainer`, advanced by :func:`run_epoch`."""
 
-    # --- data ---------------------------------------------------------------------------------------------
+    cfg: dict[str, Any]
+    out_dir: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    splits: Any
+    class_counts: list[int]
+    sampler: Any
+    loader_generator: torch.Generator
+    train_loader: DataLoader
+    model: torch.nn.Module  # DDP-wrapped when distributed
+    model_without_ddp: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    meta: dict[str, Any]
+    jsonl: JsonlLogger
+    start_epoch: int = 0
+    best_val: float = -1.0
+    best_epoch: int = -1
+
+    @property
+    def epochs(self) -> int:
+        return int(self.cfg["optim"]["epochs"])
+
+    @property
+    def has_val(self) -> bool:
+        return self.splits.val is not None and len(self.splits.val) > 0
+
+    @property
+    def select_metric(self) -> str:
+        return str(self.cfg["eval"]["select_metric"])
+
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model_without_ddp.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": epoch,
+            "best_val_acc": self.best_val,  # the value of eval.select_metric (name kept for old checkpoints)
+            "select_metric": self.select_metric,
+            "best_epoch": self.best_epoch,
+            "rng": capture_rng_state(),
+            "config": to_plain(self.cfg),
+            "meta": self.meta,
+        }
+
+
+def build_data(cfg: dict[str, Any], device: torch.device) -> tuple[Any, Any, torch.Generator, DataLoader]:
+    """Splits with their transforms, the train sampler, its generator and the train loader."""
     data_cfg = cfg["data"]
-    splits = build_datasets(data_cfg["name"], data_cfg["dir"], **(data_cfg["kwargs"] or {}))
+    try:
+        splits = build_datasets(data_cfg["name"], data_cfg["dir"], **(data_cfg["kwargs"] or {}))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{option_name('data.dir')}: {err}") from None
+    except ValueError as err:
+        raise ConfigError(f"data (data.name={data_cfg['name']}, data.kwargs): {err}") from None
     preset = data_cfg["preset"] or splits.default_preset
     train_tf = create_transforms(preset, True, splits.resize, splits.crop, splits.mean, splits.std)
     eval_tf = create_transforms(preset, False, splits.resize, splits.crop, splits.mean, splits.std)
@@ -262,64 +274,76 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
     for ds in (splits.val, splits.test):
         if ds is not None:
             ds.transform = eval_tf
-    class_counts = list(splits.class_counts)
-    for warning in check_recipe(cfg, class_counts):
-        log.warning("%s", warning)
+    world, rank, seed = dist.get_world_size(), dist.get_rank(), int(cfg["seed"])
     global_batch = int(cfg["optim"]["batch_size"])
     if global_batch % world:
-        raise SystemExit(f"optim.batch_size ({global_batch}) must be divisible by the world size ({world})")
-    batch = global_batch // world
+        raise ConfigError(f"optim.batch_size ({global_batch}) must be divisible by the world size ({world})")
     drop_last = len(splits.train) >= 2 * global_batch
-    loader_generator = torch.Generator()
+    generator = torch.Generator()
     if world > 1:
         sampler: Any = DistributedSampler(
             splits.train, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
         )
     else:
-        sampler = RandomSampler(splits.train, generator=loader_generator)
-    train_loader = DataLoader(
+        sampler = RandomSampler(splits.train, generator=generator)
+    loader = DataLoader(
         splits.train,
-        batch_size=batch,
+        batch_size=global_batch // world,
         sampler=sampler,
         num_workers=data_cfg["num_workers"],
         pin_memory=device.type == "cuda",
         drop_last=drop_last,
         persistent_workers=False,
-        generator=loader_generator,
+        generator=generator,
     )
+    counts = list(splits.class_counts)
     log.info(
         "data %s: %d train / %s val / %d test images, %d classes, counts %d..%d",
         data_cfg["name"],
         len(splits.train),
         len(splits.val) if splits.val is not None else "no",
         len(splits.test),
-        len(class_counts),
-        max(class_counts),
-        min(class_counts),
+        len(counts),
+        max(counts),
+        min(counts),
     )
+    return splits, sampler, generator, loader
 
-    # --- model, loss, optimiser ---------------------------------------------------------------------------
+
+def build_model(cfg: dict[str, Any], num_classes: int, device: torch.device) -> torch.nn.Module:
+    """Encoder + linear classifier + projection head, on ``device`` (channels_last if asked)."""
     model = create_model(
         cfg["model"]["arch"],
-        num_classes=len(class_counts),
+        num_classes=num_classes,
         proj_dim=cfg["model"]["proj_dim"],
         pretrained_weights=cfg["model"]["pretrained_weights"],
         **(cfg["model"]["kwargs"] or {}),
     ).to(device)
     if cfg["train"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_criterion(cfg: dict[str, Any], class_counts: list[int], device: torch.device) -> torch.nn.Module:
+    """The training criterion of ``cfg["method"]`` (ResCom holds the class-balanced queue)."""
     loss_cfg = cfg["loss"]
-    criterion = create_loss(
-        cfg["method"],
-        class_counts=class_counts,
-        dim=cfg["model"]["proj_dim"],
-        queue_size=loss_cfg["queue_size"],
-        num_positives=loss_cfg["num_positives"],
-        num_negatives=loss_cfg["num_negatives"],
-        temperature=loss_cfg["temperature"],
-        con_weight=loss_cfg["con_weight"],
-        beta=loss_cfg["beta"],
-    ).to(device)
+    try:
+        criterion = create_loss(
+            cfg["method"],
+            class_counts=class_counts,
+            dim=cfg["model"]["proj_dim"],
+            **{k: loss_cfg[k] for k in ("queue_size", "num_positives", "num_negatives")},
+            **{k: loss_cfg[k] for k in ("temperature", "con_weight", "beta")},
+        )
+    except ValueError as err:
+        raise ConfigError(f"loss: {err}") from None
+    return criterion.to(device)
+
+
+def build_optimization(
+    cfg: dict[str, Any], model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None
+) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler | None]:
+    """SGD, the LR schedule (per epoch) and, for fp16 autocast, a GradScaler on the same device type."""
     optim_cfg = cfg["optim"]
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -328,177 +352,245 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
         weight_decay=float(optim_cfg["weight_decay"]),
         nesterov=bool(optim_cfg["nesterov"]),
     )
-    epochs = int(optim_cfg["epochs"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lr_multiplier(
-            optim_cfg["schedule"],
-            epochs,
-            int(optim_cfg["warmup_epochs"]),
-            optim_cfg["milestones"],
-            float(optim_cfg["gamma"]),
-            float(optim_cfg["min_lr_ratio"]),
-        ),
+    multiplier = lr_multiplier(
+        optim_cfg["schedule"],
+        int(optim_cfg["epochs"]),
+        int(optim_cfg["warmup_epochs"]),
+        optim_cfg["milestones"],
+        float(optim_cfg["gamma"]),
+        float(optim_cfg["min_lr_ratio"]),
     )
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    meta = build_meta(cfg, splits, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    return optimizer, scheduler, scaler
 
-    start_epoch, best_val, best_epoch = 0, -1.0, -1
-    resume_path = out_dir / "last.pt" if resume == "auto" else (Path(resume) if resume else None)
-    if resume_path is not None:
-        state = load_checkpoint(resume_path)
-        model.load_state_dict(state["model"])
-        criterion.load_state_dict(state["criterion"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        start_epoch = int(state["epoch"]) + 1
-        best_val, best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
-        log.info(
-            "resumed from %s at epoch %d (best val %.2f at epoch %d)",
-            resume_path,
-            start_epoch,
-            best_val,
-            best_epoch + 1,
-        )
 
-    model_without_ddp = model
-    if cfg["model"]["sync_bn"] and world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model_without_ddp = model
-    if world > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
+def setup_run(cfg: dict[str, Any]) -> tuple[Path, torch.device, torch.dtype | None]:
+    """Output folder, logging, CPU threads, device, AMP dtype and seeds; logs what was chosen."""
+    out_dir = Path(cfg["output_dir"])
     if dist.is_main():
-        with (out_dir / "config.yaml").open("w") as fh:
-            yaml.safe_dump(to_plain(cfg), fh, sort_keys=False)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    setup_logging(out_dir)
+    threads, why = choose_num_threads(cfg)
+    torch.set_num_threads(threads)
+    device = select_device(str(cfg["device"]))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    amp_dtype = select_amp(cfg["train"]["amp"], device)
+    seed_everything(int(cfg["seed"]))
+    log.info(
+        "rescom %s | method %s | device %s | world size %d | amp %s | CPU threads %d (%s)",
+        __version__,
+        cfg["method"],
+        device,
+        dist.get_world_size(),
+        amp_dtype,
+        torch.get_num_threads(),
+        why,
+    )
+    return out_dir, device, amp_dtype
+
+
+def build_trainer(cfg: dict[str, Any]) -> Trainer:
+    """Set up the run and build data, model, criterion and optimisation (no training yet)."""
+    out_dir, device, amp_dtype = setup_run(cfg)
+    splits, sampler, generator, loader = build_data(cfg, device)
+    class_counts = [int(c) for c in splits.class_counts]
+    for warning in check_recipe(cfg, class_counts):  # K vs the rarest class, Qn vs K·(C−1), Qp vs K
+        log.warning("%s", warning)
+    model = build_model(cfg, len(class_counts), device)
+    criterion = build_criterion(cfg, class_counts, device)
+    optimizer, scheduler, scaler = build_optimization(cfg, model, device, amp_dtype)
     jsonl = JsonlLogger(
         out_dir / "log.jsonl", out_dir / "tensorboard" if cfg["train"]["tensorboard"] else None
     )
-    has_val = splits.val is not None and len(splits.val) > 0
-    if not has_val:
+    return Trainer(
+        cfg=cfg,
+        out_dir=out_dir,
+        device=device,
+        amp_dtype=amp_dtype,
+        splits=splits,
+        class_counts=class_counts,
+        sampler=sampler,
+        loader_generator=generator,
+        train_loader=loader,
+        model=model,
+        model_without_ddp=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        meta=build_meta(cfg, splits, model),
+        jsonl=jsonl,
+    )
+
+
+def wrap_distributed(tr: Trainer) -> None:
+    """SyncBN and DDP when there is more than one rank (after resuming, which loads plain state dicts)."""
+    if dist.get_world_size() == 1:
+        return
+    if tr.cfg["model"]["sync_bn"]:
+        tr.model_without_ddp = torch.nn.SyncBatchNorm.convert_sync_batchnorm(tr.model_without_ddp)
+    device_ids = [tr.device.index] if tr.device.type == "cuda" else None
+    tr.model = DistributedDataParallel(tr.model_without_ddp, device_ids=device_ids)
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def resume_trainer(tr: Trainer, resume: str | None) -> None:
+    """Load model, queue, optimiser, schedule, scaler and RNG state from a checkpoint (``auto``: last.pt)."""
+    if resume is None:
+        return
+    path = tr.out_dir / "last.pt" if resume == "auto" else Path(resume)
+    state = load_checkpoint(path)
+    tr.model_without_ddp.load_state_dict(state["model"])
+    tr.criterion.load_state_dict(state["criterion"])
+    tr.optimizer.load_state_dict(state["optimizer"])
+    tr.scheduler.load_state_dict(state["scheduler"])
+    if tr.scaler is not None and state.get("scaler"):
+        tr.scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    tr.start_epoch = int(state["epoch"]) + 1
+    tr.best_val, tr.best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
+    saved_metric = state.get("select_metric", "top1")  # checkpoints before eval.select_metric used top-1
+    if saved_metric != tr.select_metric and tr.best_epoch >= 0:
         log.warning(
-            "no validation split: the last epoch is kept as best.pt (the test split is never used to select)"
+            "the checkpoint selected best.pt by val %s, this run by val %s: the next evaluation starts afresh",
+            saved_metric,
+            tr.select_metric,
         )
+        tr.best_val = -1.0
+    log.info(
+        "resumed from %s at epoch %d (best val %s %.2f at epoch %d)",
+        path,
+        tr.start_epoch,
+        tr.select_metric,
+        tr.best_val,
+        tr.best_epoch + 1,
+    )
 
-    def checkpoint_state(epoch: int) -> dict[str, Any]:
-        return {
-            "model": model_without_ddp.state_dict(),
-            "criterion": criterion.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch,
-            "best_val_acc": best_val,
-            "best_epoch": best_epoch,
-            "rng": capture_rng_state(),
-            "config": to_plain(cfg),
-            "meta": meta,
-        }
 
-    # --- loop ---------------------------------------------------------------------------------------------
-    t_start = time.perf_counter()
-    stop_after = cfg["train"]["stop_after_epochs"]
-    stop_epoch = epochs if stop_after is None else min(epochs, int(stop_after))
-    for epoch in range(start_epoch, stop_epoch):
-        # Per-epoch seeding makes a resumed run identical to an uninterrupted one (data order, augmentation).
-        seed_everything(seed + 1009 * epoch + rank)
-        loader_generator.manual_seed(seed + 7919 * epoch)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        progress = None
-        if cfg["train"]["progress"] and dist.is_main():
-            from tqdm.auto import tqdm
+# ------------------------------------------------------------------------------------------- one epoch
 
-            progress = tqdm(
-                total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr
-            )
-        lr = optimizer.param_groups[0]["lr"]
-        if hasattr(criterion, "con_weight"):  # λ warm-up while the queue fills (rescom.recipes)
-            criterion.con_weight = contrastive_weight(
-                loss_cfg["con_weight"], epoch, loss_cfg["con_warmup_epochs"]
-            )
-        try:
-            stats = train_one_epoch(
-                model,
-                criterion,
-                optimizer,
-                train_loader,
-                device,
-                epoch=epoch,
-                scaler=scaler,
-                amp_dtype=amp_dtype,
-                channels_last=cfg["train"]["channels_last"],
-                grad_clip=cfg["train"]["grad_clip"],
-                progress=progress,
-            )
-        except NonFiniteLossError as err:
-            log.error("%s", err)
-            raise SystemExit(f"stopped: {err}") from None
-        finally:
-            if progress is not None:
-                progress.close()
-        scheduler.step()
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "loss": stats.loss,
-            "loss_cls": stats.loss_cls,
-            "loss_con": stats.loss_con,
-            "train_acc": stats.acc,
-            "images_per_s": stats.images_per_s,
-            "epoch_s": stats.seconds,
-        }
-        is_best = False
-        last_epoch = epoch + 1 == epochs
-        if has_val and ((epoch + 1) % int(cfg["train"]["eval_every"]) == 0 or last_epoch):
-            val_metrics, _, _ = evaluate_split(
-                model_without_ddp, splits.val, device, cfg, class_counts, amp_dtype
-            )
-            record.update({f"val_{k}": v for k, v in val_metrics.items() if k != "per_class_acc"})
-            if val_metrics["acc"] > best_val:
-                best_val, best_epoch, is_best = float(val_metrics["acc"]), epoch, True
-        elif not has_val and last_epoch:
-            best_epoch, is_best = epoch, True
-        if dist.is_main():
-            state = checkpoint_state(epoch)
-            save_checkpoint(state, out_dir / "last.pt")
-            if is_best:
-                save_checkpoint(state, out_dir / "best.pt")
-        dist.barrier()
-        jsonl.write(record)
-        log.info(
-            "epoch %d/%d lr %.4g loss %.4f (cls %.4f con %.4f) train acc %.2f %s| %.0f img/s",
-            epoch + 1,
-            epochs,
-            lr,
-            stats.loss,
-            stats.loss_cls,
-            stats.loss_con,
-            stats.acc,
-            f"val acc {record['val_acc']:.2f} " if "val_acc" in record else "",
-            stats.images_per_s,
+
+def run_epoch(tr: Trainer, epoch: int) -> dict[str, Any]:
+    """Train one epoch (seeded per epoch, so a resumed run matches); returns its log record."""
+    cfg = tr.cfg
+    seed = int(cfg["seed"])
+    # Per-epoch seeding makes a resumed run identical to an uninterrupted one (data order, augmentation).
+    seed_everything(seed + 1009 * epoch + dist.get_rank())
+    tr.loader_generator.manual_seed(seed + 7919 * epoch)
+    if isinstance(tr.sampler, DistributedSampler):
+        tr.sampler.set_epoch(epoch)
+    progress = None
+    if cfg["train"]["progress"] and dist.is_main():
+        from tqdm.auto import tqdm
+
+        progress = tqdm(
+            total=len(tr.train_loader), desc=f"epoch {epoch + 1}/{tr.epochs}", leave=False, file=sys.stderr
         )
-
-    if stop_epoch < epochs:
-        log.info(
-            "stopped after epoch %d of %d as asked (train.stop_after_epochs); continue with --resume",
-            stop_epoch,
-            epochs,
+    lr = tr.optimizer.param_groups[0]["lr"]
+    loss_cfg = cfg["loss"]
+    if hasattr(tr.criterion, "con_weight"):  # λ warm-up while the queue fills (rescom.recipes)
+        tr.criterion.con_weight = contrastive_weight(
+            loss_cfg["con_weight"], epoch, loss_cfg["con_warmup_epochs"]
         )
-        return {"stopped_after_epoch": stop_epoch}
+    try:
+        stats = train_one_epoch(
+            tr.model,
+            tr.criterion,
+            tr.optimizer,
+            tr.train_loader,
+            tr.device,
+            epoch=epoch,
+            scaler=tr.scaler,
+            amp_dtype=tr.amp_dtype,
+            channels_last=cfg["train"]["channels_last"],
+            grad_clip=cfg["train"]["grad_clip"],
+            progress=progress,
+            progress_every=int(cfg["train"]["progress_every"]),
+        )
+    except NonFiniteLossError as err:
+        log.error("%s", err)
+        raise SystemExit(f"stopped: {err}") from None
+    finally:
+        if progress is not None:
+            progress.close()
+    tr.scheduler.step()
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "loss": stats.loss,
+        "loss_cls": stats.loss_cls,
+        "loss_con": stats.loss_con,
+        "train_top1": stats.top1,
+        "images_per_s": stats.images_per_s,
+        "epoch_s": stats.seconds,
+    }
 
-    # --- final evaluation of the selected model -----------------------------------------------------------
-    best_path = out_dir / "best.pt"
-    best_state = load_checkpoint(best_path)
-    model_without_ddp.load_state_dict(best_state["model"])
-    test_metrics, _, _ = evaluate_split(model_without_ddp, splits.test, device, cfg, class_counts, amp_dtype)
+
+# ------------------------------------------------------------------------------ evaluate and checkpoint
+
+
+def evaluate_and_checkpoint(tr: Trainer, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+    """Validate when due, keep best.pt by ``eval.select_metric``, always write last.pt, log the epoch."""
+    is_best = False
+    last_epoch = epoch + 1 == tr.epochs
+    if tr.has_val and ((epoch + 1) % int(tr.cfg["train"]["eval_every"]) == 0 or last_epoch):
+        val_metrics, _, _ = evaluate_split(
+            tr.model_without_ddp, tr.splits.val, tr.device, tr.cfg, tr.class_counts, len(tr.class_counts)
+        )
+        record.update({f"val_{k}": v for k, v in val_metrics.items() if k != "per_class_acc"})
+        value = val_metrics[tr.select_metric]
+        if value is not None and value > tr.best_val:
+            tr.best_val, tr.best_epoch, is_best = float(value), epoch, True
+    elif not tr.has_val and last_epoch:
+        tr.best_epoch, is_best = epoch, True
+    if dist.is_main():
+        state = tr.checkpoint_state(epoch)
+        save_checkpoint(state, tr.out_dir / "last.pt")
+        if is_best:
+            save_checkpoint(state, tr.out_dir / "best.pt")
+    dist.barrier()
+    tr.jsonl.write(record)
+    val = (
+        f"val top1 {record['val_top1']:.2f} balanced {record['val_balanced_acc']:.2f} "
+        if "val_top1" in record
+        else ""
+    )
+    log.info(
+        "epoch %d/%d lr %.4g loss %.4f (cls %.4f con %.4f) train top1 %.2f %s| %.0f img/s",
+        epoch + 1,
+        tr.epochs,
+        record["lr"],
+        record["loss"],
+        record["loss_cls"],
+        record["loss_con"],
+        record["train_top1"],
+        val,
+        record["images_per_s"],
+    )
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- finish
+
+
+def finish(tr: Trainer, train_seconds: float) -> dict[str, Any]:
+    """Test the selected model, fit T on val, write metrics.json and the metrics into best.pt's meta."""
+    cfg, num_classes = tr.cfg, len(tr.class_counts)
+    best_state = load_checkpoint(tr.out_dir / "best.pt")
+    tr.model_without_ddp.load_state_dict(best_state["model"])
+    test_metrics, _, _ = evaluate_split(
+        tr.model_without_ddp, tr.splits.test, tr.device, cfg, tr.class_counts, num_classes
+    )
     temperature = None
-    if has_val:
+    if tr.has_val:
         _, val_logits, val_labels = evaluate_split(
-            model_without_ddp, splits.val, device, cfg, class_counts, amp_dtype
+            tr.model_without_ddp, tr.splits.val, tr.device, cfg, tr.class_counts, num_classes
         )
         temperature = fit_temperature(val_logits, val_labels)
     summary = {
@@ -506,49 +598,120 @@ def _train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
         "dataset": cfg["data"]["name"],
         "arch": cfg["model"]["arch"],
         "epoch": int(best_state["epoch"]) + 1,
-        "epochs": epochs,
-        "val_acc": best_val if has_val else None,
+        "epochs": tr.epochs,
+        "select_metric": tr.select_metric,
+        "best_val": tr.best_val if tr.has_val else None,
         **test_metrics,
         "temperature": temperature,
         "many_threshold": cfg["eval"]["many_threshold"],
         "few_threshold": cfg["eval"]["few_threshold"],
-        "class_names": meta["class_names"],
-        "class_counts": meta["class_counts"],
-        "train_seconds": time.perf_counter() - t_start,
-        "seed": seed,
+        "class_names": tr.meta["class_names"],
+        "class_counts": tr.meta["class_counts"],
+        "train_seconds": train_seconds,
+        "num_threads": torch.get_num_threads(),
+        "seed": int(cfg["seed"]),
         "rescom_version": __version__,
     }
     if dist.is_main():
-        best_state["meta"] = {
-            **best_state["meta"],
-            "temperature": temperature,
-            "metrics": {k: test_metrics[k] for k in ("acc", "many", "medium", "few")},
-        }
-        save_checkpoint(best_state, best_path)
-        tmp = out_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(to_plain(summary), indent=2) + "\n")
-        os.replace(tmp, out_dir / "metrics.json")
-        log.info(
-            "test (best epoch %d): acc %.2f | many %s | medium %s | few %s | T %s",
-            summary["epoch"],
-            summary["acc"],
-            _fmt(summary["many"]),
-            _fmt(summary["medium"]),
-            _fmt(summary["few"]),
-            f"{temperature:.3f}" if temperature else "n/a",
-        )
-        log.info(
-            "wrote %s",
-            ", ".join(
-                str(out_dir / n) for n in ("last.pt", "best.pt", "config.yaml", "log.jsonl", "metrics.json")
-            ),
-        )
+        _write_outputs(tr, best_state, summary, test_metrics, temperature)
     return summary
+
+
+def _write_outputs(
+    tr: Trainer,
+    best_state: dict[str, Any],
+    summary: dict[str, Any],
+    test_metrics: dict[str, Any],
+    temperature: float | None,
+) -> None:
+    best_state["meta"] = {
+        **best_state["meta"],
+        "temperature": temperature,
+        "metrics": {k: test_metrics[k] for k in HEADLINE_METRICS},
+    }
+    save_checkpoint(best_state, tr.out_dir / "best.pt")
+    tmp = tr.out_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(to_plain(summary), indent=2) + "\n")
+    os.replace(tmp, tr.out_dir / "metrics.json")
+    log.info(
+        "test (best epoch %d by val %s): top1 %.2f | balanced %.2f | many %s | medium %s | few %s | T %s",
+        summary["epoch"],
+        tr.select_metric,
+        summary["top1"],
+        summary["balanced_acc"],
+        _fmt(summary["many"]),
+        _fmt(summary["medium"]),
+        _fmt(summary["few"]),
+        f"{temperature:.3f}" if temperature else "n/a",
+    )
+    names = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "metrics.json")
+    log.info("wrote %s", ", ".join(str(tr.out_dir / n) for n in names))
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+# --------------------------------------------------------------------------------------------- the run
+
+
+def train(cfg: dict[str, Any], resume: str | None) -> dict[str, Any]:
+    """build → resume → (one epoch → evaluate + checkpoint)* → finish; returns metrics.json's content."""
+    tr = build_trainer(cfg)
+    resume_trainer(tr, resume)
+    wrap_distributed(tr)
+    if dist.is_main():
+        with (tr.out_dir / "config.yaml").open("w") as fh:
+            yaml.safe_dump(to_plain(cfg), fh, sort_keys=False)
+    if not tr.has_val:
+        log.warning(
+            "no validation split: the last epoch is kept as best.pt (the test split is never used to select)"
+        )
+    t_start = time.perf_counter()
+    stop_after = cfg["train"]["stop_after_epochs"]
+    stop_epoch = tr.epochs if stop_after is None else min(tr.epochs, int(stop_after))
+    for epoch in range(tr.start_epoch, stop_epoch):
+        evaluate_and_checkpoint(tr, epoch, run_epoch(tr, epoch))
+    if stop_epoch < tr.epochs:
+        log.info(
+            "stopped after epoch %d of %d as asked (train.stop_after_epochs); continue with --resume",
+            stop_epoch,
+            tr.epochs,
+        )
+        return {"stopped_after_epoch": stop_epoch}
+    return finish(tr, time.perf_counter() - t_start)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Resolve and check the config (no data loaded yet), then train; returns metrics.json's content.
+
+    Raises:
+        ConfigError: A user mistake (bad recipe, flag, override or path), before any data is loaded.
+    """
+    cfg = resolve_config(args)
+    check_paths(cfg, args.resume)
+    if dist.get_rank() == 0:
+        for line in unused_option_warnings(cfg, args):
+            print(f"train.py: warning: {line}", file=sys.stderr)
+    dist.init_distributed(device=cfg["device"])
+    try:
+        return train(cfg, args.resume)
+    finally:
+        dist.destroy_distributed()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Command-line entry point: exit status 0, or 2 with one ``train.py: error:`` line for a user error."""
+    args = get_args_parser().parse_intermixed_args(argv)
+    try:
+        main(args)
+    except ConfigError as err:
+        if args.debug:
+            raise
+        print_error(str(err))
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_intermixed_args())
+    sys.exit(cli())

@@ -9,6 +9,11 @@
 * After the loss is built, the view-1 embeddings (detached) are written to the queue (all ranks' embeddings
   when distributed).
 
+Cost: the queue similarities ``[2b, C*K]`` are computed once, without gradient, and mined in place
+(:func:`rescom.mining.mine_class_major`, exact two-stage top-k at large C, row chunks of 16 MB); the gradient
+reaches z only through the ``2b·(Qp+Qn)`` picked pairs. λ is the plain attribute ``con_weight`` (a schedule
+may set it between steps).
+
 Paper: Zhong et al., "Rebalanced Siamese Contrastive Mining for Long-Tailed Recognition", arXiv 2203.11506.
 """
 
@@ -28,10 +33,14 @@ from rescom.losses.logit_adjusted import (
     log_prior,
 )
 from rescom.losses.supcon import class_balanced_supcon
-from rescom.mining import gather_similarity, mine_hard_pairs, queue_similarity
+from rescom.mining import attach_gradient, mine_class_major, queue_similarity
 from rescom.queue import ClassBalancedQueue
+from rescom.threads import run_on_threads
 
-__all__ = ["ResComLoss"]
+__all__ = ["SINGLE_THREAD_MAX_WORK", "ResComLoss"]
+
+SINGLE_THREAD_MAX_WORK = 2**22
+MINING_CHUNK_ELEMENTS = 2**22  # [rows, C*K] float similarities mined at a time (16 MB in float32)
 
 
 @register_loss("rescom")
@@ -112,6 +121,11 @@ class ResComLoss(nn.Module):
         self.register_buffer("log_prior", log_prior(counts))  # [C] log π
         self.register_buffer("class_weight", effective_number_weights(counts, beta))  # [C] w
         self.queue = ClassBalancedQueue(num_classes, dim, queue_size)
+        # Up to this many elements of the [2b, C*K] similarity matrix, the loss (forward and backward) runs on
+        # one CPU thread. Measured at the CIFAR-100 shape (256 x 1000) on the 2-core machine under load: 2
+        # threads cost 382 ms of CPU per loss step before this path, one thread 16-31 ms. The iNaturalist shape
+        # (16.7M, a 2 GFLOP matmul) keeps the process's threads.
+        self.single_thread_max_work = SINGLE_THREAD_MAX_WORK
 
     def extra_repr(self) -> str:
         return (
@@ -143,29 +157,76 @@ class ResComLoss(nn.Module):
         if z.shape != (m, self.dim):
             raise ValueError(f"outputs['embedding'] must have shape [{m}, {self.dim}], got {list(z.shape)}")
 
-        loss_cls = balanced_softmax_loss(logits, labels, self.log_prior)  # L_SBS over both views
         keys = self.queue.keys_flat()  # [C*K, d]
         if self.training:  # backward keeps the keys, and enqueue() below overwrites the buffer in place
             keys = keys.clone()
-        with torch.no_grad():  # mining only selects; the gradient is attached to the picks below
-            sim = queue_similarity(z, keys)  # [2b, C*K]
-            pos, neg = mine_hard_pairs(
-                sim,
-                labels,
-                self.queue.key_labels(),
-                self.queue.filled_flat(),
-                self.queue_size,
-                self.num_positives,
-                self.num_negatives,
-            )  # [2b, Qp], [2b, Qn]
-        pos_sim = torch.where(pos.valid, gather_similarity(z, keys, pos.index, sim), 0.0)  # [2b, Qp]
-        neg_sim = torch.where(neg.valid, gather_similarity(z, keys, neg.index, sim), 0.0)  # [2b, Qn]
-        del sim
-        loss_con = class_balanced_supcon(
-            z, labels, self.temperature, self.class_weight, pos_sim, pos.valid, neg_sim, neg.valid
-        )
+        filled = self.queue.unfilled_mask_needed()  # [C*K] bool, or None when every slot holds a key
+
+        def terms(logits: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            loss_cls = balanced_softmax_loss(logits, labels, self.log_prior)  # L_SBS over both views
+            return loss_cls, self._contrastive(z, labels, keys, filled)
+
+        threads = self._loss_threads(m, logits.device)
+        if threads is None:
+            loss_cls, loss_con = terms(logits, z)
+        else:
+            loss_cls, loss_con = run_on_threads(terms, threads, logits, z)
         loss = loss_cls + self.con_weight * loss_con
         if self.training:
             b = m // 2
             self.queue.enqueue(z[:b].detach(), labels[:b])  # view 1 only, after the loss is built
         return {"loss": loss, "loss_cls": loss_cls, "loss_con": loss_con}
+
+    def _contrastive(
+        self, z: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor, filled: torch.Tensor | None
+    ) -> torch.Tensor:
+        """L_CB-SCL over the batch plus each anchor's Qp hard positives and Qn hard negatives from the queue."""
+        with torch.no_grad():  # mining only selects; the gradient is attached to the picks below
+            index, valid, values = self._mine(z.detach(), labels, keys, filled)  # [2b, Qp+Qn] each
+        picked = attach_gradient(z, keys, index, values)  # [2b, Qp+Qn], one backward for both kinds
+        qp = self.num_positives
+        pos_valid, neg_valid = valid[:, :qp], valid[:, qp:]
+        return class_balanced_supcon(
+            z,
+            labels,
+            self.temperature,
+            self.class_weight,
+            picked[:, :qp],
+            pos_valid,
+            picked[:, qp:],
+            neg_valid,
+        )
+
+    def _mine(
+        self, z: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor, filled: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat slots, validity and similarities of each anchor's Qp hard positives then Qn hard negatives.
+
+        Runs in row chunks of at most ``MINING_CHUNK_ELEMENTS`` similarities (rows are independent), so the
+        ``[rows, C*K]`` scratch stays small at large C; a small problem is one chunk.
+        """
+        rows = max(1, MINING_CHUNK_ELEMENTS // keys.shape[0])
+        parts = []
+        for start in range(0, z.shape[0], rows):
+            sim = queue_similarity(z[start : start + rows], keys)  # [rows, C*K], overwritten by the mining
+            pos, neg = mine_class_major(
+                sim,
+                labels[start : start + rows],
+                filled,
+                self.queue_size,
+                self.num_positives,
+                self.num_negatives,
+            )  # [rows, Qp], [rows, Qn]
+            parts.append([torch.cat([p, n], dim=1) for p, n in zip(pos, neg, strict=True)])
+        if len(parts) == 1:
+            values, valid, index = parts[0]
+        else:
+            values, valid, index = (torch.cat(column) for column in zip(*parts, strict=True))
+        return index, valid, values
+
+    def _loss_threads(self, rows: int, device: torch.device) -> int | None:
+        """One CPU thread for a small problem (see :mod:`rescom.threads`), ``None`` to use the current count."""
+        if device.type != "cpu" or torch.get_num_threads() == 1:
+            return None
+        work = rows * self.num_classes * self.queue_size  # elements of the [2b, C*K] similarity matrix
+        return 1 if work <= self.single_thread_max_work else None

@@ -14,6 +14,8 @@ code, whose ``/(|P(i)| + 1e-9)`` gives the same result). No base-temperature fac
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -76,27 +78,37 @@ def class_balanced_supcon(
     m = z.shape[0]
     pos_sim, pos_valid = _mined("pos", pos_sim, pos_valid, z)
     neg_sim, neg_valid = _mined("neg", neg_sim, neg_valid, z)
+    num_qp = pos_sim.shape[1]
 
-    not_self = ~torch.eye(m, dtype=torch.bool, device=z.device)  # [M, M]
-    same = (labels[:, None] == labels[None, :]) & not_self  # [M, M]
+    self_mask = _self_mask(m, z.device)  # [M, M] cached per shape
+    same = (labels[:, None] == labels[None, :]).logical_and_(~self_mask)  # [M, M] batch positives
+    inf = float("-inf")
     logits = (
-        torch.cat([z @ z.T, pos_sim.to(z.dtype), neg_sim.to(z.dtype)], dim=1) / temperature
-    )  # [M, M+Qp+Qn]
-    valid = torch.cat([not_self, pos_valid, neg_valid], dim=1)  # [M, M+Qp+Qn]
-    positive = torch.cat([same, pos_valid, torch.zeros_like(neg_valid)], dim=1)  # [M, M+Qp+Qn]
-
-    logits = logits.masked_fill(~valid, float("-inf"))
-    # An anchor with an empty contrast set (M = 1, nothing mined) has no positives either; give it a finite
-    # dummy row so neither the value nor the gradient becomes NaN.
-    logits = torch.where(valid.any(dim=1, keepdim=True), logits, 0.0)
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # [M, M+Qp+Qn]
-    num_pos = positive.sum(dim=1)  # [M]
-    per_anchor = -torch.where(positive, log_prob, 0.0).sum(dim=1) / num_pos.clamp_min(
-        1
-    )  # [M] ℓ_i (0 if no pos)
+        torch.cat(  # [M, M+Qp+Qn]; −inf leaves self and invalid mined columns out
+            [
+                (z @ z.T).masked_fill(self_mask, inf),
+                pos_sim.to(z.dtype).masked_fill(~pos_valid, inf),
+                neg_sim.to(z.dtype).masked_fill(~neg_valid, inf),
+            ],
+            dim=1,
+        )
+        / temperature
+    )
+    if m == 1:  # the only case where a row can be empty: a finite dummy row keeps value and gradient finite
+        logits = torch.where(torch.isfinite(logits).any(dim=1, keepdim=True), logits, 0.0)
+    log_prob = logits[:, : m + num_qp] - torch.logsumexp(logits, dim=1, keepdim=True)  # [M, M+Qp]
+    positive = torch.cat([same, pos_valid], dim=1)  # [M, M+Qp]
+    num_pos = positive.sum(dim=1).clamp_min_(1)  # [M]
+    per_anchor = -torch.where(positive, log_prob, 0.0).sum(dim=1) / num_pos  # [M] ℓ_i (0 if no positive)
     if class_weight is not None:
         per_anchor = per_anchor * class_weight.to(per_anchor.dtype)[labels]  # [M] w_{y_i} ℓ_i
     return per_anchor.mean()
+
+
+@functools.lru_cache(maxsize=8)
+def _self_mask(m: int, device: torch.device) -> torch.Tensor:
+    """``[M, M]`` bool identity (the self-pairs), built once per batch shape and device."""
+    return torch.eye(m, dtype=torch.bool, device=device)
 
 
 @register_loss("cb_supcon")
