@@ -196,14 +196,15 @@ def test_grpc_is_off_by_default(tmp_path):
 
 
 def test_shutdown_drains_running_calls_and_reports_not_ready(tmp_path):
-    write_version(tmp_path, "slow", 1, kind="slow", slow_matmuls=100, slow_dim=512)
+    # ~1 s per call on an idle 2-core machine (0.17 s with 100 matmuls was too quick to still be running at 0.3 s)
+    write_version(tmp_path, "slow", 1, kind="slow", slow_matmuls=600, slow_dim=512)
     s = Settings(
         model_repository=tmp_path,
         port=free_port(),
         grpc_port=free_port(),
         poll_interval_s=0,
         log_level="warning",
-        drain_timeout_s=20,
+        drain_timeout_s=60,
         batch_sizes=[1],
         max_batch_size=1,
     )
@@ -219,7 +220,7 @@ def test_shutdown_drains_running_calls_and_reports_not_ready(tmp_path):
         begin_drain(app)  # what SIGTERM does first
         assert not call(s.grpc_port, "ServerReady").ready
         assert not call(s.grpc_port, "ModelReady", name="slow").ready
-    worker.join(30)
+    worker.join(90)
     assert len(results) == 1 and results[0].model_name == "slow"  # finished, not cut off
     with pytest.raises(grpc.RpcError) as err:
         call(s.grpc_port, "ServerReady")
