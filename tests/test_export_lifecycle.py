@@ -38,7 +38,8 @@ def test_user_edits_survive_three_exports(repo):
     path.write_text(edited.replace("max_batch_size: 64", "max_batch_size: 48  # measured on the A10"))
     labels_before = (root / "digits" / mr.LABELS_FILE).read_bytes()
     for _ in range(3):
-        result = export_checkpoint(checkpoint, root, "digits", verify=False)
+        # the gate is not under test here (the 2-epoch model is near chance and its T may sit at the fit's bound)
+        result = export_checkpoint(checkpoint, root, "digits", verify=False, gate=False)
         assert not result.staged and result.metadata["max_batch_size"] == 48
     text = path.read_text()
     assert text.startswith(USER_COMMENT) and "max_batch_size: 48  # measured on the A10" in text
@@ -47,7 +48,7 @@ def test_user_edits_survive_three_exports(repo):
     assert list(config.output[0].dims) == [10] and config.name == "digits"
     assert (root / "digits" / mr.LABELS_FILE).read_bytes() == labels_before
     assert mr.list_versions(root, "digits", complete=True) == [1, 2, 3, 4]
-    assert promote.served_versions(root, "digits") == [4]  # latest 1: each passing export went live
+    assert promote.served_versions(root, "digits") == [4]  # latest 1: each export went live
 
 
 def test_differing_class_names_are_refused_without_force(repo, tmp_path):
