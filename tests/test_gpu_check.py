@@ -47,7 +47,12 @@ def test_check_args_accepts_real_flags_and_rejects_unknown_ones():
 
 def test_make_gpu_check_builds_both_environments_and_uses_their_interpreters():
     proc = subprocess.run(
-        ["make", "-n", "-B", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        ["make", "--no-print-directory", "-n", "-B", "gpu-check"],  # no "make[1]: Entering" under `make test`
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     lines = proc.stdout.splitlines()
     assert ".venv/bin/python -m pip install -q -e '.[dev]'" in lines  # make setup first

@@ -54,7 +54,9 @@ def slower_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {"RESCOM_MAX_BATCH_SIZE": "1", "RESCOM_INSTANCES": "1", "RESCOM_MAX_QUEUE_DELAY_MS": "0", **extra}
+    env = {"RESCOM_MAX_BATCH_SIZE": "1", "RESCOM_INSTANCES": "1", "RESCOM_MAX_QUEUE_DELAY_MS": "0"}
+    # no shutdown delay unless a test sets one: these tests time the drain, which starts after the delay
+    return {**env, "RESCOM_SHUTDOWN_DELAY_S": "0", **extra}
 
 
 async def _predict(ac: httpx.AsyncClient, i: int) -> httpx.Response:
