@@ -33,28 +33,43 @@ from rescom_dev.machine import describe_machine
 from rescom_dev.results import write_result
 
 
+def synthetic_problem(
+    method: str, args: argparse.Namespace, device: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+    """The benchmark's seeded problem for one method: model, criterion, optimiser, images, labels.
+
+    CIFAR-shaped random data (``args.classes``, ``args.arch``, ``args.batch`` images per view of ``args.size``
+    pixels) with a long-tailed ``π`` for the loss (500 -> 5 images per class); K = 10, Qp = 1,
+    Qn = min(400, K·(C-1)), τ = 0.2, λ = 0.5. Also used by ``scripts/gpu_train_check.py``.
+    """
+    torch.manual_seed(0)
+    counts = [max(5, int(500 * (0.01 ** (i / (args.classes - 1))))) for i in range(args.classes)]
+    model = create_model(args.arch, num_classes=args.classes, proj_dim=32).to(device)
+    criterion = create_loss(
+        method,
+        class_counts=counts,
+        dim=32,
+        queue_size=10,
+        num_positives=1,
+        num_negatives=min(400, 10 * (args.classes - 1)),
+        temperature=0.2,
+        con_weight=0.5,
+        beta=0.999999,
+    ).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randn(2 * args.batch, 3, args.size, args.size, device=device)  # [2b, 3, H, W]
+    labels = torch.randint(0, args.classes, (args.batch,), device=device).repeat(2)  # [2b]
+    return model, criterion, optimizer, images, labels
+
+
 class Stepper:
     """A model, a criterion and an optimiser for one method, timed ``steps`` at a time."""
 
     def __init__(self, method: str, args: argparse.Namespace, device: torch.device) -> None:
-        torch.manual_seed(0)
-        counts = [max(5, int(500 * (0.01 ** (i / (args.classes - 1))))) for i in range(args.classes)]
         self.device = device
-        self.model = create_model(args.arch, num_classes=args.classes, proj_dim=32).to(device)
-        self.criterion = create_loss(
-            method,
-            class_counts=counts,
-            dim=32,
-            queue_size=10,
-            num_positives=1,
-            num_negatives=min(400, 10 * (args.classes - 1)),
-            temperature=0.2,
-            con_weight=0.5,
-            beta=0.999999,
-        ).to(device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.images = torch.randn(2 * args.batch, 3, args.size, args.size, device=device)  # [2b, 3, H, W]
-        self.labels = torch.randint(0, args.classes, (args.batch,), device=device).repeat(2)  # [2b]
+        self.model, self.criterion, self.optimizer, self.images, self.labels = synthetic_problem(
+            method, args, device
+        )
 
     def step(self) -> tuple[float, float]:
         """One timed step: (wall seconds, CPU seconds of this process)."""

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from rescom import distributed as dist
 from rescom.losses import create_loss
 from rescom.models import create_model
+from training.engine import optimizer_step
 
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -100,14 +101,7 @@ def train(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Modu
             device.type, dtype=AMP[args.amp] or torch.float32, enabled=AMP[args.amp] is not None
         ):
             loss = criterion(ddp(views), torch.cat([y, y]))["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer_step(loss, ddp, optimizer, scaler, grad_clip=None)
         seen.append(y)
         images += 2 * x.shape[0]
     if device.type == "cuda":

@@ -24,8 +24,8 @@ if __package__ in (None, ""):
 
 import torch
 
-from rescom.losses import create_loss
-from rescom.models import create_model
+from benchmarks.train_step import synthetic_problem
+from training.engine import optimizer_step
 
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -52,27 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def measure(method: str, amp: str, args: argparse.Namespace, device: torch.device) -> dict:
     """Median step time and images/s of one method under one autocast dtype."""
-    torch.manual_seed(0)
-    counts = [max(5, int(500 * (0.01 ** (i / (args.classes - 1))))) for i in range(args.classes)]
-    model = create_model(args.arch, num_classes=args.classes, proj_dim=32).to(device)
+    model, criterion, optimizer, images, labels = synthetic_problem(method, args, device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    criterion = create_loss(
-        method,
-        class_counts=counts,
-        dim=32,
-        queue_size=10,
-        num_positives=1,
-        num_negatives=min(400, 10 * (args.classes - 1)),
-        temperature=0.2,
-        con_weight=0.5,
-        beta=0.999999,
-    ).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = images.contiguous(memory_format=memory_format)  # [2b, 3, H, W]
     scaler = torch.amp.GradScaler(device.type) if AMP[amp] == torch.float16 else None
-    images = torch.randn(2 * args.batch, 3, args.size, args.size, device=device)  # [2b, 3, H, W]
-    images = images.contiguous(memory_format=memory_format)
-    labels = torch.randint(0, args.classes, (args.batch,), device=device).repeat(2)  # [2b]
     times, loss = [], torch.zeros(())
     for step in range(args.warmup + args.steps):
         if device.type == "cuda":
@@ -80,14 +64,7 @@ def measure(method: str, amp: str, args: argparse.Namespace, device: torch.devic
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=AMP[amp] or torch.float32, enabled=AMP[amp] is not None):
             loss = criterion(model(images), labels)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer_step(loss, model, optimizer, scaler, grad_clip=None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= args.warmup:
