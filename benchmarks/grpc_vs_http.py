@@ -37,10 +37,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_load import LoadResult, batch_stats, free_port, server  # noqa: E402
-
+from benchmarks.serve_load import LoadResult, batch_stats, keepalive_load, server  # noqa: E402
+from rescom_dev.servers import free_port  # noqa: E402
 from service.grpc_messages import SERVICE, message_class  # noqa: E402
 
 
@@ -92,41 +91,13 @@ async def http_load(
     host: str, port: int, model: str, images: np.ndarray, labels: np.ndarray, n: int, concurrency: int
 ) -> LoadResult:
     """``n`` requests over ``concurrency`` keep-alive HTTP/1.1 connections."""
-    requests = _http_requests(host, port, model, images)
-    counter = iter(range(n))
-    result = LoadResult(0.0)
 
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            for i in counter:
-                j = i % len(requests)
-                start = time.perf_counter()
-                writer.write(requests[j])
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                fields = _headers(head)
-                body = await reader.readexactly(int(fields[b"content-length"]))
-                elapsed = time.perf_counter() - start
-                if status != 200:
-                    result.errors += 1
-                    continue
-                result.latencies.append(elapsed)
-                json_length = int(fields[b"inference-header-content-length"])
-                probs = np.frombuffer(body[json_length:], dtype="<f4")  # [C] FP32 after the JSON header
-                _score(result, probs, labels[j])
-        finally:
-            writer.close()
+    def score(result: LoadResult, j: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        json_length = int(headers[b"inference-header-content-length"])
+        probs = np.frombuffer(body[json_length:], dtype="<f4")  # [C] FP32 after the JSON header
+        _score(result, probs, labels[j])
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-def _headers(head: bytes) -> dict[bytes, bytes]:
-    lines = head.split(b"\r\n")[1:]
-    return {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines if line)}
+    return await keepalive_load(host, port, _http_requests(host, port, model, images), n, concurrency, score)
 
 
 def _score(result: LoadResult, probs: np.ndarray, label: int) -> None:

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,17 +174,16 @@ class LoadResult:
         return 1000 * float(np.quantile(np.asarray(self.latencies), q))
 
 
-async def _load(
-    host: str, port: int, path: str, work: Workload, n_requests: int, concurrency: int
+async def keepalive_load(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    n_requests: int,
+    concurrency: int,
+    score: Callable[[LoadResult, int, dict[bytes, bytes], bytes], None],
 ) -> LoadResult:
-    requests = [
-        (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n"
-            f"Content-Length: {len(b)}\r\n\r\n"
-        ).encode()
-        + b
-        for b in work.bodies
-    ]
+    """Send ``n_requests`` of the raw HTTP/1.1 ``requests`` (in rotation) over ``concurrency`` keep-alive
+    connections; ``score(result, j, headers, body)`` judges each 200 answer to ``requests[j]``."""
     counter = iter(range(n_requests))
     result = LoadResult(0.0)
 
@@ -197,19 +196,15 @@ async def _load(
                 writer.write(requests[j])
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
-                m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                body = await reader.readexactly(int(m.group(1))) if m else b""
+                fields = response_headers(head)
+                body = await reader.readexactly(int(fields.get(b"content-length", b"0")))
                 elapsed = time.perf_counter() - start
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 if status != 200:
                     result.errors += 1
                     continue
                 result.latencies.append(elapsed)
-                label = work.labels[j]
-                if label >= 0:
-                    result.labelled += 1
-                    pred = json.loads(body)["predictions"][0]["class_id"]
-                    result.correct += int(pred == label)
+                score(result, j, fields, body)
         finally:
             writer.close()
 
@@ -217,6 +212,34 @@ async def _load(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def response_headers(head: bytes) -> dict[bytes, bytes]:
+    """The header fields of a raw HTTP response head, names lower-cased."""
+    lines = head.split(b"\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines if line)}
+
+
+async def _load(
+    host: str, port: int, path: str, work: Workload, n_requests: int, concurrency: int
+) -> LoadResult:
+    requests = [
+        (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        + b
+        for b in work.bodies
+    ]
+
+    def score(result: LoadResult, j: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        label = work.labels[j]
+        if label >= 0:
+            result.labelled += 1
+            pred = json.loads(body)["predictions"][0]["class_id"]
+            result.correct += int(pred == label)
+
+    return await keepalive_load(host, port, requests, n_requests, concurrency, score)
 
 
 def run_load(url: str, work: Workload, n_requests: int, concurrency: int, model: str) -> LoadResult:
