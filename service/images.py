@@ -44,6 +44,10 @@ __all__ = [
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 INLINE_DECODE_PIXELS = 128 * 128  # a request with fewer pixels in all is decoded on the event loop
 # EXIF orientation tag -> the transpose that shows the image upright (what ImageOps.exif_transpose does).
+# The explicit limits (``max_pixels``, ``max_decoded_bytes``) decide, not Pillow's warning threshold. One
+# process-wide filter, set once: ``warnings.catch_warnings()`` per image costs a few microseconds, and it swaps
+# the global filter list, which is not safe while the decoding pool runs other images in other threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -129,11 +133,9 @@ def open_images(
     many = len(blobs) > 1
     opened: list[OpenedImage] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the explicit limits decide
-            for i, data in enumerate(blobs):
-                label = f"image {i}" if many else "image"
-                opened.append(_open(data, resize=resize, max_pixels=max_pixels, label=label))
+        for i, data in enumerate(blobs):
+            label = f"image {i}" if many else "image"
+            opened.append(_open(data, resize=resize, max_pixels=max_pixels, label=label))
         total = sum(o.decoded_bytes for o in opened)
         if total > max_decoded_bytes:
             raise PayloadTooLarge(
@@ -179,11 +181,9 @@ def decode_opened(opened: Sequence[OpenedImage], *, resize: int, crop: int) -> n
     """
     out = np.empty((len(opened), crop, crop, 3), dtype=np.uint8)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            for i, o in enumerate(opened):
-                out[i] = _decode_one(o, resize, crop)
-                o.image.close()
+        for i, o in enumerate(opened):
+            out[i] = _decode_one(o, resize, crop)
+            o.image.close()
     finally:
         for o in opened:
             o.image.close()
@@ -192,9 +192,7 @@ def decode_opened(opened: Sequence[OpenedImage], *, resize: int, crop: int) -> n
 
 def decode_image(data: bytes, *, resize: int, crop: int, max_pixels: int, label: str = "image") -> np.ndarray:
     """Decode one image and preprocess it for the model: uint8 ``[crop, crop, 3]`` (both steps at once)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        opened = _open(data, resize=resize, max_pixels=max_pixels, label=label)
+    opened = _open(data, resize=resize, max_pixels=max_pixels, label=label)
     return decode_opened([opened], resize=resize, crop=crop)[0]
 
 
