@@ -60,6 +60,9 @@ class PinnedAllocator:
     Attributes:
         pinned: whether the arrays really are page-locked.
         reason: why not, when they are not.
+
+    Args:
+        want_pinned: try page-locked memory (a GPU provider); ``False`` gives ordinary arrays.
     """
 
     def __init__(self, want_pinned: bool) -> None:

@@ -280,7 +280,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def _refusal_behind(exc: BaseException | None) -> _Refused | None:
-    """httptools wraps an exception raised in a callback (``HttpParserCallbackError``); find ours behind it."""
+    """Our refusal behind ``exc`` (httptools wraps a callback's exception in ``HttpParserCallbackError``)."""
     while exc is not None:
         if isinstance(exc, _Refused):
             return exc

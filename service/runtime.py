@@ -102,6 +102,16 @@ class ModelRuntime:
         pad: pad each batch up to the next bucket.
         instances: model calls that may run at once (the batcher's workers).
         io_binding: calls go through IO binding (GPU providers); ``pinned``: its host buffers are page-locked.
+
+    Args:
+        spec: the validated metadata of the version.
+        session: the ONNX Runtime session the version runs in.
+        max_batch_size: rows per call (see ``max_batch_size`` above).
+        buckets: batch sizes warmed up and padded to (see ``buckets`` above).
+        intra_op_threads: ORT threads per call.
+        pad: pad each batch up to the next bucket.
+        instances: model calls that may run at once.
+        binder: runs calls through IO binding (GPU providers); ``None``: plain ``session.run``.
     """
 
     def __init__(
