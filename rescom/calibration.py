@@ -359,6 +359,7 @@ def fit_bias_corrected_temperature(
         raise ValueError(f"labels must be in 0..{c - 1}")
     if not np.all(np.isfinite(z)):
         raise ValueError("logits must be finite")
+    lam: float | np.ndarray  # Gaussian prior precision 1 / σ² on each bias b_c: a scalar, or [C]
     if bias_prior_std is None:
         lam = 0.0
         missing = np.flatnonzero(np.bincount(y, minlength=c) == 0)

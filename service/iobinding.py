@@ -86,7 +86,8 @@ class PinnedAllocator:
             self._cudart = None
             return np.empty(shape, dtype=dtype)
         raw = (ctypes.c_uint8 * nbytes).from_address(ptr.value)
-        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        # numpy's stubs list bytes/bytearray/memoryview/... as buffers; a ctypes array is one too (buffer protocol).
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape)  # type: ignore[call-overload]
         weakref.finalize(raw, self._cudart.cudaFreeHost, ptr.value)
         return array
 

@@ -352,10 +352,9 @@ class AdaptivePrior:
         cached = self._others.get(name)
         if self._filled == 0:
             return self._start(name)
-        fresh = cached is not None and (
+        if cached is not None and (
             self.n_seen - cached[0] < self.update_every and not (force and self.n_seen > cached[0])
-        )
-        if fresh:
+        ):  # still fresh
             return cached[1].prior
         async with self._lock:
             generation, seen = self._generation, self.n_seen

@@ -204,7 +204,7 @@ class ModelRuntime:
 
     def close(self) -> None:
         """Drop the session (its memory is freed once no batch is using it)."""
-        self._session = None  # type: ignore[assignment]
+        self._session = None
         self._binder = None
 
 

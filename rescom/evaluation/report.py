@@ -462,7 +462,7 @@ def evaluate_logits(
                 )
                 longtail[prior].setdefault("top1", longtail[prior]["acc"])
                 longtail[prior].setdefault("balanced_acc", balanced_accuracy(probs.argmax(1), labels))
-                if prior == "adaptive":
+                if prior == "adaptive" and pi is not None:  # posterior() returns the EM estimate π̂ for it
                     adaptive_prior = [float(p) for p in pi]
 
     # uniform prior as served (z / T + b; the argmax of the raw logits when b = 0, for Balanced Softmax)
