@@ -102,7 +102,8 @@ class DrainingServer(uvicorn.Server):
         self._announced = False
         self._handoffs: set[asyncio.Task[object]] = set()
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:  # noqa: D102
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Signal handler: readiness off at once; on the first SIGTERM the shutdown waits ``shutdown_delay_s``."""
         first = not self.should_exit
         begin_drain(self._rescom_app)
         if first and sig == signal.SIGTERM and self._shutdown_delay_s > 0:
