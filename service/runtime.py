@@ -36,7 +36,7 @@ from service.iobinding import BoundRunner
 from service.placement import Placement, read_placement
 from service.repository import ModelSpec
 
-__all__ = ["ModelLoadError", "ModelRuntime", "RuntimeOptions", "load_runtime", "onnxruntime_version"]
+__all__ = ["ModelLoadError", "ModelRuntime", "RuntimeOptions", "load_runtime"]
 
 log = logging.getLogger("rescom.service.runtime")
 
@@ -82,11 +82,6 @@ class RuntimeOptions:
     trt_fp16: bool = False
     io_binding: bool | None = None
     profile_warmup: bool | None = None
-
-
-def onnxruntime_version() -> str:
-    """The installed ONNX Runtime version."""
-    return ort.__version__
 
 
 class ModelRuntime:
