@@ -26,7 +26,7 @@ from rescom.label_shift import (
     parse_estimator,
 )
 from service.errors import BadRequest, Unprocessable
-from service.repository import ModelSpec
+from service.model_spec import ModelSpec
 
 __all__ = [
     "PriorChoice",

@@ -33,8 +33,8 @@ from rescom.model_repository import METADATA_FILE
 from service import providers as prov
 from service.config import usable_cpus
 from service.iobinding import BoundRunner
+from service.model_spec import ModelSpec
 from service.placement import Placement, read_placement
-from service.repository import ModelSpec
 
 __all__ = ["ModelLoadError", "ModelRuntime", "RuntimeOptions", "load_runtime"]
 

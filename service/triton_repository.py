@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 from service.errors import BadRequest
-from service.repository import list_versions
+from service.model_spec import list_versions
 from service.state import ServiceState
 
 __all__ = ["repository_index", "check_model_control"]

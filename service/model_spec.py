@@ -1,4 +1,4 @@
-"""Reading a Triton-style model repository (docs/architecture.md): discovery and ``rescom.json`` validation.
+"""A model version's :class:`ModelSpec`: versions found in a Triton-style repository, ``rescom.json`` validated.
 
 ```
 REPO/NAME/config.pbtxt        Triton's; the service does not need it
