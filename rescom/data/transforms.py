@@ -49,7 +49,7 @@ class Cutout:
         self.n_holes, self.length = int(n_holes), int(length)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """``img`` ``[C, H, W]`` with ``n_holes`` squares of side ``length`` set to zero (a new tensor).
+        """``img`` ``[C, H, W]`` with ``n_holes`` squares of side ``length`` (clipped at the border) set to zero.
 
         Raises:
             TypeError: ``img`` is not a ``[C, H, W]`` tensor (Cutout must come after ``ToTensor``).

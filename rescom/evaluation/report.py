@@ -411,7 +411,7 @@ def evaluate_logits(
         shift_kinds: label-shift study kinds (``forward``, ``uniform``, ``backward``).
             See :func:`label_shift_study`.
         shift_factors: imbalance factors of the shifted test priors in the study.
-        shift_seeds: resampling seeds of the study (one shifted set per kind, factor and seed).
+        shift_seeds: resampling seeds of the study (a set per kind × factor × seed; ``uniform`` once per seed).
         source_prior: ``π_s`` the logits are calibrated for (``None`` = uniform, the serving contract; pass
             ``π_train`` for a plain-CE model).
         class_bias: per-class bias ``b`` ``[C]`` fitted with ``T`` (BCTS; ``None`` = 0): ``"scaled"`` and the
