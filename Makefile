@@ -64,9 +64,10 @@ serve: setup-serve  ## run the API on the bundled default model (models/digits_l
 test: setup kserve-client  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: setup  ## ruff lint + format check
+lint: setup  ## ruff lint (docstrings: Google convention on rescom/, service/, export/) + format check + mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: setup  ## ruff format + autofix
 	$(BIN)/ruff format .
@@ -126,13 +127,10 @@ docs-figures: setup  ## regenerate docs/evaluation/*.png (bundled model) and doc
 		runs/docs-report/digits_lt_1_label_shift.png docs/evaluation/
 	$(BIN)/python scripts/demo_screenshots.py --out docs/screenshots
 
-.PHONY: typecheck docstyle
+.PHONY: typecheck
 
-typecheck: setup  ## mypy on service/ and the torch-free part of rescom/ ([tool.mypy]; not yet in `make lint`)
+typecheck: setup  ## mypy alone on service/ and the torch-free part of rescom/ ([tool.mypy]; part of `make lint`)
 	$(BIN)/mypy
-
-docstyle: setup  ## ruff pydocstyle (Google convention) on rescom/, service/, export/ (not yet in `make lint`)
-	$(BIN)/ruff check --select D --config 'lint.pydocstyle.convention="google"' rescom service export
 
 clean:  ## remove caches and run outputs (keeps the venvs)
 	rm -rf runs .pytest_cache .ruff_cache

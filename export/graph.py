@@ -23,7 +23,15 @@ DEFAULT_OPSET = 17
 
 
 class ExportModule(nn.Module):
-    """``images`` uint8 ``[N, H, W, 3]`` → ``logits`` float32 ``[N, C]`` (and ``features`` ``[N, D]``)."""
+    """``images`` uint8 ``[N, H, W, 3]`` → ``logits`` float32 ``[N, C]`` (and ``features`` ``[N, D]``).
+
+    Args:
+        model: the trained :class:`~rescom.models.rescom_model.ResComModel` (encoder and classifier are used).
+        mean: per-channel RGB normalisation mean ``μ`` of the training run (``[3]``, for inputs in [0, 1]).
+        std: per-channel RGB normalisation standard deviation ``σ`` (``[3]``).
+        with_features: add a second output ``features`` ``[N, D]`` (the encoder's embedding).
+        half: run the network in float16 (inputs stay uint8, outputs are cast back to float32).
+    """
 
     def __init__(
         self,
@@ -44,6 +52,10 @@ class ExportModule(nn.Module):
         self.register_buffer("shift", -mean_t / std_t)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Normalise uint8 ``[N, H, W, 3]`` images in the graph and return raw logits ``z`` ``[N, C]``.
+
+        With ``with_features`` the result is ``(logits [N, C], features [N, D])``, both float32.
+        """
         x = images.permute(0, 3, 1, 2).float()  # [N, 3, H, W]
         x = x * self.scale + self.shift  # normalised, float32
         if self.half:

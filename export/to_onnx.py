@@ -25,6 +25,7 @@ from export.verify import ParityError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """The command line of ``python export/to_onnx.py`` (see the module docstring)."""
     p = argparse.ArgumentParser(description="Export a ResCom checkpoint to an ONNX model repository.")
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by training/train.py")
     p.add_argument("--model-repository", default="models", help="repository root (default: %(default)s)")
@@ -66,6 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def print_tree(root: Path) -> None:
+    """Print the files under ``root`` (a model's folder in the repository), indented by depth, with sizes."""
     print(f"{root}/")
     for path in sorted(root.rglob("*")):
         depth = len(path.relative_to(root).parts)
@@ -74,6 +76,14 @@ def print_tree(root: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Export one checkpoint as a new model version and print what was written.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 2 for a user error (printed as one line on stderr).
+    """
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command = "python export/to_onnx.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

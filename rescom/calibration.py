@@ -219,8 +219,11 @@ def calibrated_probs(
     prior_strength: float = 1.0,
     class_bias: ArrayLike | None = None,
 ) -> np.ndarray:
-    """``softmax(z / T + b + s · log π)``: the posterior under prior ``π`` (uniform when ``None``; b = 0 when
-    ``class_bias`` is ``None``)."""
+    """``softmax(z / T + b + s · log π)``: the posterior under prior ``π``.
+
+    ``π`` is uniform when ``prior`` is ``None``; the per-class bias ``b`` is 0 when ``class_bias`` is
+    ``None``.
+    """
     return softmax(adjust_logits(logits, temperature, prior, prior_strength, class_bias))
 
 
@@ -356,6 +359,7 @@ def fit_bias_corrected_temperature(
         raise ValueError(f"labels must be in 0..{c - 1}")
     if not np.all(np.isfinite(z)):
         raise ValueError("logits must be finite")
+    lam: float | np.ndarray  # Gaussian prior precision 1 / σ² on each bias b_c: a scalar, or [C]
     if bias_prior_std is None:
         lam = 0.0
         missing = np.flatnonzero(np.bincount(y, minlength=c) == 0)
@@ -486,8 +490,11 @@ SMALL_VAL_PER_CLASS = 10
 
 
 def count_scaled_bias_std(val_counts: ArrayLike, sigma: float = 1.0, n_ref: int = 20) -> np.ndarray:
-    """Per-class ``σ_c = σ · sqrt(min(1, n_c / n_ref))``: a class with few validation images ``n_c`` gets a
-    tighter Gaussian prior on its bias ``b_c`` (``[C]``), so a handful of images cannot move it far."""
+    """Per-class ``σ_c = σ · sqrt(min(1, n_c / n_ref))``: the width of the Gaussian prior on ``b_c``.
+
+    A class with few validation images ``n_c`` gets a tighter prior on its bias ``b_c`` (``[C]``), so a
+    handful of images cannot move it far.
+    """
     counts = np.asarray(val_counts, dtype=np.float64)
     return sigma * np.sqrt(np.clip(counts / float(n_ref), 1e-3, 1.0))
 

@@ -329,7 +329,7 @@ def concat_all_gather_many(
 
 @torch.no_grad()
 def concat_all_gather(tensor: torch.Tensor, *, equal_sizes: bool = False) -> torch.Tensor:
-    """Concatenate ``tensor`` from every rank along dim 0, in rank order. **No gradient flows back.**
+    """Concatenate ``tensor`` from every rank along dim 0, in rank order; no gradient flows back.
 
     By default ranks may hold different first dimensions (ragged batches, e.g. the last evaluation shard, or
     an empty one): the sizes are gathered first (one host sync), every rank pads to the largest, and the padding

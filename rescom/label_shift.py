@@ -151,8 +151,10 @@ def _log_source_posteriors(
 
 
 def marginal_log_likelihood(log_ps: np.ndarray, prior: np.ndarray) -> float:
-    """Mean ``log Σ_c p_s(c | x_i) π_c`` over a window (uniform source prior, constant dropped): higher is a
-    better fit of ``π`` to unlabelled data. ``log_ps``: ``[N, C]`` log source posteriors."""
+    """Mean ``log Σ_c p_s(c | x_i) π_c`` over a window: higher is a better fit of ``π`` to unlabelled data.
+
+    The source prior is uniform and the constant is dropped. ``log_ps``: ``[N, C]`` log source posteriors.
+    """
     a = log_ps + log_prior(prior, eps=1e-12)  # [N, C]
     m = a.max(axis=1, keepdims=True)
     return float(np.mean(m[:, 0] + np.log(np.exp(a - m).sum(axis=1))))
@@ -173,6 +175,8 @@ def map_em_prior(
         reference: ``π_ref`` ``[C]`` (training prior by default in the service).
         strength: κ >= 0, in images: the window must hold about κ images before the data outweighs ``π_ref``.
         init: starting ``π`` (default ``π_ref``).
+        max_iter: most EM iterations.
+        tol: stop once the L1 change of ``π`` in one iteration is below this.
 
     Returns:
         ``(π [C], iterations)``.
@@ -280,7 +284,8 @@ def estimate_prior(
         logits: ``[N, C]`` raw logits ``z`` of unlabelled images.
         train_prior: ``π_train`` ``[C]`` (reference of ``map_em`` / ``rlls``, fallback of the guard).
         estimator: one of :data:`ESTIMATORS`, optionally ``+guard`` (:func:`guarded_estimate`).
-        temperature, class_bias: ``T`` and ``b`` of the model (``p_s = softmax(z / T + b)``).
+        temperature: the model's temperature ``T`` (``p_s = softmax(z / T + b)``).
+        class_bias: the model's per-class bias ``b`` ``[C]`` (``None`` = 0).
         confusion: ``M`` ``[C, C]`` of :func:`soft_confusion` (``bbse`` / ``rlls`` only).
         n_val: validation images behind ``confusion``.
         em_alpha: symmetric Dirichlet α of ``em``.

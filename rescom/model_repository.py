@@ -21,7 +21,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,7 +261,7 @@ class VersionPolicy:
     num_versions: int = 1
     versions: tuple[int, ...] = ()
 
-    def select(self, available: Sequence[int]) -> list[int]:
+    def select(self, available: Iterable[int]) -> list[int]:
         """The versions this policy serves among ``available``, newest first."""
         newest_first = sorted(set(available), reverse=True)
         if self.kind == "all":
@@ -365,7 +365,7 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> ModelConfig:
                 minimum=0,
             ),
             preferred_batch_sizes=tuple(
-                _opt_int(v, "dynamic_batching.preferred_batch_size", minimum=1)
+                _int(v, "dynamic_batching.preferred_batch_size", minimum=1)
                 for v in (_many(batching, "preferred_batch_size") if isinstance(batching, dict) else [])
             ),
             dynamic_batching=batching is not None,
@@ -599,8 +599,10 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _opt_int(value: Any, what: str, minimum: int) -> int | None:
-    if value is None:
-        return None
+    return None if value is None else _int(value, what, minimum)
+
+
+def _int(value: Any, what: str, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return value

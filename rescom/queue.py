@@ -59,6 +59,7 @@ class ClassBalancedQueue(nn.Module):
         self._enqueues = 0
 
     def extra_repr(self) -> str:
+        """Classes C, key dimension d and keys per class K in the module's repr."""
         return f"num_classes={self.num_classes}, dim={self.dim}, size_per_class={self.size_per_class}"
 
     def keys_flat(self) -> torch.Tensor:

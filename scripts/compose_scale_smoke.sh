@@ -31,17 +31,13 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 [ "$SCALE_REPLICAS" -ge 3 ] || { echo "SCALE_REPLICAS must be >= 3 (one is killed, one stopped), got $SCALE_REPLICAS" >&2; exit 2; }
 
-now() { echo "${EPOCHREALTIME:-$(date +%s.%N)}"; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%6.1f", b - a}'; }
-T0=$(now)
-phase_start=$T0
-declare -a TIMES=()
-phase() {  # phase NAME: close the previous phase, open NAME
-  local t; t=$(now)
-  if [ -n "${PHASE:-}" ]; then TIMES+=("$(printf '%-9s' "$PHASE") $(elapsed "$phase_start" "$t") s"); fi
-  PHASE=$1; phase_start=$t
-  [ "$1" = end ] || echo "=== compose_scale_smoke: $1"
-}
+# shellcheck source=scripts/lib/compose_stack.sh
+. scripts/lib/compose_stack.sh
+STACK_NAME=compose_scale_smoke
+PHASE_WIDTH=9
+STACK_KEEP=${SCALE_KEEP:-0}
+DOWN_TIMEOUT=40
+FAIL_LOGS=(--tail 40)
 
 WORK=$(mktemp -d)
 COMPOSE=(docker compose -p "$SCALE_PROJECT" -f compose.scale.yaml)
@@ -51,30 +47,7 @@ unset RESCOM_API_KEY RESCOM_PROVIDERS RESCOM_DRAIN_TIMEOUT_S RESCOM_POLL_INTERVA
 export RESCOM_BIND=127.0.0.1 RESCOM_HOST_PORT=$SCALE_PORT RESCOM_LB_STATS_PORT=$((SCALE_PORT + 1))
 URL=http://127.0.0.1:$SCALE_PORT
 STATS=http://127.0.0.1:$((SCALE_PORT + 1))/stats
-STACK_UP=0
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [ $rc -ne 0 ] && [ $STACK_UP = 1 ]; then
-    echo "=== compose_scale_smoke: FAILED (rc=$rc); logs:"
-    "${COMPOSE[@]}" ps -a || true
-    "${COMPOSE[@]}" logs --no-color --tail 40 || true
-  fi
-  if [ $STACK_UP = 1 ] && [ "${SCALE_KEEP:-0}" != 1 ]; then
-    phase down
-    "${COMPOSE[@]}" down -v --remove-orphans --timeout 40 || rc=1
-  fi
-  phase end
-  rm -rf "$WORK"
-  echo "=== compose_scale_smoke: wall times"
-  printf '  %s\n' "${TIMES[@]}"
-  echo "  total     $(elapsed "$T0" "$(now)") s"
-  if [ $rc -eq 0 ]; then echo "compose_scale_smoke: PASSED"; else echo "compose_scale_smoke: FAILED"; fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stack_init
 
 servers_up() {  # number of `api` servers the balancer has UP
   "$PYTHON" -c "import sys, urllib.request as u; rows = u.urlopen(sys.argv[1] + ';csv', timeout=5).read().decode().splitlines(); \
@@ -88,13 +61,7 @@ wait_servers_up() {  # wait_servers_up N: until the balancer has N replicas in r
 
 # --- 1. engine
 phase engine
-if [ -n "${DOCKER_HOST:-}" ] && docker version >/dev/null 2>&1; then
-  echo "using the engine at $DOCKER_HOST"
-else
-  engine_env=$("$LOCAL_DOCKER" start) || { echo "could not start a Docker engine with $LOCAL_DOCKER" >&2; exit 1; }
-  eval "$engine_env"
-fi
-docker version --format 'engine {{.Server.Version}} (API {{.Server.APIVersion}})'
+stack_engine
 
 # --- 2. real digit PNGs of the test split
 phase pngs

@@ -27,57 +27,24 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 
-now() { echo "${EPOCHREALTIME:-$(date +%s.%N)}"; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%6.1f", b - a}'; }
-T0=$(now)
-phase_start=$T0
-declare -a TIMES=()
-phase() {  # phase NAME: close the previous phase, open NAME
-  local t; t=$(now)
-  if [ -n "${PHASE:-}" ]; then TIMES+=("$(printf '%-8s' "$PHASE") $(elapsed "$phase_start" "$t") s"); fi
-  PHASE=$1; phase_start=$t
-  [ "$1" = end ] || echo "=== compose_smoke: $1"
-}
+# shellcheck source=scripts/lib/compose_stack.sh
+. scripts/lib/compose_stack.sh
+STACK_NAME=compose_smoke
+PHASE_WIDTH=8
+STACK_KEEP=${SMOKE_KEEP:-0}
+DOWN_TIMEOUT=30
+FAIL_LOGS=(--tail 80 api)
 
 WORK=$(mktemp -d)
 COMPOSE=(docker compose -p "$SMOKE_PROJECT" -f compose.yaml)
 # hermetic: the variables compose.yaml interpolates come from here, not from the caller's environment
 unset RESCOM_API_KEY RESCOM_PROVIDERS RESCOM_DRAIN_TIMEOUT_S RESCOM_POLL_INTERVAL_S RESCOM_LOG_LEVEL
 export RESCOM_BIND=127.0.0.1 RESCOM_HOST_PORT=$SMOKE_PORT RESCOM_GRPC_HOST_PORT=$((SMOKE_PORT + 1))
-STACK_UP=0
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [ $rc -ne 0 ] && [ $STACK_UP = 1 ]; then
-    echo "=== compose_smoke: FAILED (rc=$rc); api logs:"
-    "${COMPOSE[@]}" ps -a || true
-    "${COMPOSE[@]}" logs --no-color --tail 80 api || true
-  fi
-  if [ $STACK_UP = 1 ] && [ "${SMOKE_KEEP:-0}" != 1 ]; then
-    phase down
-    "${COMPOSE[@]}" down -v --remove-orphans --timeout 30 || rc=1
-  fi
-  phase end
-  rm -rf "$WORK"
-  echo "=== compose_smoke: wall times"
-  printf '  %s\n' "${TIMES[@]}"
-  echo "  total    $(elapsed "$T0" "$(now)") s"
-  if [ $rc -eq 0 ]; then echo "compose_smoke: PASSED"; else echo "compose_smoke: FAILED"; fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stack_init
 
 # --- 1. engine
 phase engine
-if [ -n "${DOCKER_HOST:-}" ] && docker version >/dev/null 2>&1; then
-  echo "using the engine at $DOCKER_HOST"
-else
-  engine_env=$("$LOCAL_DOCKER" start) || { echo "could not start a Docker engine with $LOCAL_DOCKER" >&2; exit 1; }
-  eval "$engine_env"
-fi
-docker version --format 'engine {{.Server.Version}} (API {{.Server.APIVersion}})'
+stack_engine
 docker compose version
 
 # --- 2. test images: real digit PNGs of the test split, exactly as the model was evaluated on them

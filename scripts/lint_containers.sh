@@ -50,8 +50,10 @@ for f in docker/service.Dockerfile docker/train.Dockerfile docker/lb.Dockerfile;
   fi
 done
 
-for f in scripts/compose_smoke.sh scripts/compose_scale_smoke.sh scripts/lint_containers.sh docker/train_and_export.sh; do
-  if "$SHELLCHECK" "$f"; then echo "ok   shellcheck $f"; else echo "FAIL shellcheck $f"; fail=1; fi
+# -x: follow `. scripts/lib/compose_stack.sh` (paths are relative to the repository root, where this runs)
+for f in scripts/compose_smoke.sh scripts/compose_scale_smoke.sh scripts/lib/compose_stack.sh scripts/lint_containers.sh \
+  docker/train_and_export.sh; do
+  if "$SHELLCHECK" -x "$f"; then echo "ok   shellcheck $f"; else echo "FAIL shellcheck $f"; fail=1; fi
 done
 
 # Compose needs no engine for `config`; interpolation uses the defaults written in the files.

@@ -223,6 +223,7 @@ class DynamicBatcher:
         Args:
             x: one request's rows; more than ``max_batch_size`` rows are split across batches.
             timeout_s: deadline while queued; ``None`` waits as long as it takes.
+            announced: the request was announced with :meth:`announce` (this submit ends that announcement).
 
         Raises:
             Overloaded: the queue cannot take ``k`` more rows (503).

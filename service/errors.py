@@ -38,7 +38,12 @@ __all__ = [
 
 
 class ServiceError(Exception):
-    """Base class: an error with an HTTP status, a client-safe message and optional response headers."""
+    """Base class: an error with an HTTP status, a client-safe message and optional response headers.
+
+    Args:
+        message: one line for the client: what was wrong and what is allowed.
+        headers: extra response headers (e.g. ``Retry-After``).
+    """
 
     status_code = 500
 
@@ -55,7 +60,13 @@ class BadRequest(ServiceError):
 
 
 class Unauthorized(ServiceError):
-    """Missing or invalid bearer token (401)."""
+    """Missing or invalid bearer token (401).
+
+    Args:
+        message: one line for the client.
+        invalid_token: a token was sent but is wrong (``WWW-Authenticate: Bearer error="invalid_token"``);
+            ``False``: none was sent.
+    """
 
     status_code = 401
 
@@ -95,7 +106,12 @@ class Unavailable(ServiceError):
 
 
 class Overloaded(Unavailable):
-    """The batching queue is full; the client should retry after ``retry_after_s`` seconds (503)."""
+    """The batching queue is full; the client should retry after ``retry_after_s`` seconds (503).
+
+    Args:
+        message: one line for the client.
+        retry_after_s: the ``Retry-After`` header, in whole seconds (at least 1).
+    """
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after_s)))})
@@ -106,6 +122,9 @@ class ShuttingDown(Unavailable):
 
     Sent instead of uvicorn's plain-text 500 when the graceful shutdown cancels a request that is still running;
     the client should retry on another replica.
+
+    Args:
+        message: one line for the client (the default names RESCOM_DRAIN_TIMEOUT_S).
     """
 
     def __init__(

@@ -32,7 +32,13 @@ ROUTE = "/predict"
 
 
 class PredictFastPath:
-    """Serve raw-body ``POST /predict`` directly; pass everything else to ``app``."""
+    """Serve raw-body ``POST /predict`` directly; pass everything else to ``app``.
+
+    Args:
+        app: the ASGI app that answers every other request.
+        fastapi_app: the FastAPI app whose ``state.rescom`` serves the fast path, when this wraps the whole
+            app (outside FastAPI's own middleware); ``None``: taken from the request scope's ``app``.
+    """
 
     def __init__(self, app: ASGIApp, fastapi_app: Any = None) -> None:
         self.app = app
@@ -40,6 +46,7 @@ class PredictFastPath:
         self._children: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: answer a raw-body ``POST /predict`` here, hand anything else to ``app``."""
         if scope["type"] != "http" or scope["path"] != ROUTE or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return

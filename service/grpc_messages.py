@@ -1,5 +1,6 @@
-"""The KServe v2 gRPC messages (and Triton's extension messages), built from vendored descriptor sets in private
-descriptor pools.
+"""The KServe v2 gRPC messages (and Triton's extension messages), built from vendored descriptor sets.
+
+The classes live in private descriptor pools.
 
 ``service/protocols/grpc_predict_v2.desc`` is ``protoc --descriptor_set_out`` of the vendored
 ``grpc_predict_v2.proto`` (``make grpc-descriptors`` regenerates it; ``tests/test_grpc.py`` checks that it matches

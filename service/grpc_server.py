@@ -58,7 +58,11 @@ OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})  # like the HTTP health 
 
 
 class V2Servicer:
-    """The six RPCs of ``grpc_predict_v2.proto``, answered from the shared service state."""
+    """The six RPCs of ``grpc_predict_v2.proto``, answered from the shared service state.
+
+    Args:
+        state: the service state the HTTP routes use too (registry, settings, metrics).
+    """
 
     def __init__(self, state: ServiceState) -> None:
         self.state = state

@@ -60,6 +60,9 @@ class PinnedAllocator:
     Attributes:
         pinned: whether the arrays really are page-locked.
         reason: why not, when they are not.
+
+    Args:
+        want_pinned: try page-locked memory (a GPU provider); ``False`` gives ordinary arrays.
     """
 
     def __init__(self, want_pinned: bool) -> None:
@@ -83,7 +86,8 @@ class PinnedAllocator:
             self._cudart = None
             return np.empty(shape, dtype=dtype)
         raw = (ctypes.c_uint8 * nbytes).from_address(ptr.value)
-        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        # numpy's stubs list bytes/bytearray/memoryview/... as buffers; a ctypes array is one too (buffer protocol).
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape)  # type: ignore[call-overload]
         weakref.finalize(raw, self._cudart.cudaFreeHost, ptr.value)
         return array
 

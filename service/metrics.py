@@ -145,7 +145,12 @@ class ServiceMetrics:
 
 
 class ModelObserver:
-    """Batching statistics of one model (pre-bound label children, so the hot path does no label lookups)."""
+    """Batching statistics of one model (pre-bound label children, so the hot path does no label lookups).
+
+    Args:
+        metrics: the service's metrics, whose batching series this observer feeds.
+        model: the model's name (the ``model`` label).
+    """
 
     def __init__(self, metrics: ServiceMetrics, model: str) -> None:
         self._images = metrics.images.labels(model)

@@ -28,12 +28,16 @@ class MetricsMiddleware:
 
     Metrics ``rescom_requests_total`` and ``rescom_request_duration_seconds``; unmatched paths share the label
     ``unmatched``.
+
+    Args:
+        app: the wrapped ASGI app.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: run ``app`` and record the request's count and duration."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -63,12 +67,16 @@ class BodyLimitMiddleware:
 
     At once from ``Content-Length``, or while streaming (chunked uploads) by raising
     :class:`~service.errors.PayloadTooLarge` from ``receive``.
+
+    Args:
+        app: the wrapped ASGI app.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: refuse an oversized body (413), else run ``app`` with a checked ``receive``."""
         state = _state(scope)
         if scope["type"] != "http" or state is None:
             await self.app(scope, receive, send)
@@ -131,12 +139,16 @@ class InternalErrorMiddleware:
     A request whose task is cancelled before it answered (uvicorn does that to requests still running when the
     graceful shutdown's drain timeout runs out) gets a clean 503 :class:`~service.errors.ShuttingDown` instead of
     uvicorn's plain-text 500 and a logged traceback.
+
+    Args:
+        app: the wrapped ASGI app.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: run ``app``; answer an unhandled error or cancellation as JSON if unanswered."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

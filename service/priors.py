@@ -26,7 +26,7 @@ from rescom.label_shift import (
     parse_estimator,
 )
 from service.errors import BadRequest, Unprocessable
-from service.repository import ModelSpec
+from service.model_spec import ModelSpec
 
 __all__ = [
     "PriorChoice",
@@ -258,8 +258,10 @@ class AdaptivePrior:
         self._generation = getattr(self, "_generation", 0) + 1  # stale results after a reset are dropped
 
     def resolve(self, estimator: str | None = None) -> str:
-        """The estimator that will run for ``estimator`` (``None`` = the default): a confusion estimator
-        without a confusion matrix becomes :data:`rescom.label_shift.FALLBACK_ESTIMATOR`.
+        """The estimator that will run for ``estimator`` (``None`` = the default).
+
+        A confusion estimator without a confusion matrix becomes
+        :data:`rescom.label_shift.FALLBACK_ESTIMATOR`.
 
         Raises:
             ValueError: an unknown estimator name.
@@ -316,8 +318,10 @@ class AdaptivePrior:
         )
 
     async def estimate(self, force: bool = False, estimator: str | None = None) -> np.ndarray:
-        """``π_t`` ``[C]``: recomputed when ``update_every`` images arrived since the last estimate (or when
-        ``force`` and anything arrived); otherwise, or while another recomputation runs, the latest estimate.
+        """The target prior ``π_t`` ``[C]``, recomputed only when enough new images arrived.
+
+        It is recomputed when ``update_every`` images arrived since the last estimate (or when ``force`` and
+        anything arrived); otherwise, or while another recomputation runs, the latest estimate is returned.
 
         ``estimator`` (per request) picks another estimator than the default; its estimate is cached the same
         way. Raises ``ValueError`` for an unknown name (see :func:`rescom.label_shift.parse_estimator`).
@@ -348,10 +352,9 @@ class AdaptivePrior:
         cached = self._others.get(name)
         if self._filled == 0:
             return self._start(name)
-        fresh = cached is not None and (
+        if cached is not None and (
             self.n_seen - cached[0] < self.update_every and not (force and self.n_seen > cached[0])
-        )
-        if fresh:
+        ):  # still fresh
             return cached[1].prior
         async with self._lock:
             generation, seen = self._generation, self.n_seen

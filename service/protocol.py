@@ -87,7 +87,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---------------------------------------------------------------------------------------- connection
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # noqa: D102
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A new connection: refused with 503 above ``max_connections``, else the header timeout starts."""
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self._refuse(
@@ -99,11 +100,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._arm(self.limits.header_timeout_s, self._header_timeout)
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection closed: stop its timer, then uvicorn's cleanup."""
         self._disarm()
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def data_received(self, data: bytes) -> None:
+        """Feed ``data`` to the parser, counting header bytes against ``max_header_bytes`` and arming the timeouts."""
         if self._refused:
             return
         counted = self._in_headers  # a chunk that starts inside the headers counts whole
@@ -152,19 +155,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """
         self.logger.debug("Upgrade header ignored: the service has no WebSocket routes")
 
-    def send_400_response(self, msg: str) -> None:  # noqa: D102
+    def send_400_response(self, msg: str) -> None:
+        """Answer uvicorn's invalid-request case with the service's JSON 400 (``Connection: close``)."""
         self._refuse(400, "malformed HTTP request: " + msg.rstrip(".").lower())
 
     # ---------------------------------------------------------------------------------------- parser callbacks
 
-    def on_message_begin(self) -> None:  # noqa: D102
+    def on_message_begin(self) -> None:
+        """Parser callback: a request starts; its header counters restart."""
         super().on_message_begin()
         self._begun = True
         self._in_headers = True
         self._header_bytes = 0
         self._header_count = 0
 
-    def on_url(self, url: bytes) -> None:  # noqa: D102
+    def on_url(self, url: bytes) -> None:
+        """Parser callback: the request target, refused with 414 above ``max_request_line_bytes``."""
         super().on_url(url)
         if len(self.url) > self.limits.max_request_line_bytes:
             raise _Refused(
@@ -172,13 +178,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 f"request target exceeds {self.limits.max_request_line_bytes} bytes (RESCOM_MAX_REQUEST_LINE_BYTES)",
             )
 
-    def on_header(self, name: bytes, value: bytes) -> None:  # noqa: D102
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Parser callback: one header line, refused with 431 beyond ``max_headers`` lines."""
         self._header_count += 1
         if self._header_count > self.limits.max_headers:
             raise _Refused(431, f"more than {self.limits.max_headers} header lines (RESCOM_MAX_HEADERS)")
         super().on_header(name, value)
 
-    def on_headers_complete(self) -> None:  # noqa: D102
+    def on_headers_complete(self) -> None:
+        """Parser callback: the headers are in; stop the header timeout, note whether a body is expected."""
         self._in_headers = False
         self._disarm()
         super().on_headers_complete()
@@ -188,7 +196,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle is not None and not self.cycle.response_complete and self._expects_body()
         )
 
-    def on_message_complete(self) -> None:  # noqa: D102
+    def on_message_complete(self) -> None:
+        """Parser callback: the request is fully received; the next bytes start the next request."""
         self._disarm()
         self._body_pending = False
         self._begun = False
@@ -273,14 +282,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._begun and not self.transport.is_closing():
             self.transport.close()
 
-    def on_response_complete(self) -> None:  # noqa: D102
+    def on_response_complete(self) -> None:
+        """A response was sent; while shutting down, close the connection once nothing is pipelined."""
         super().on_response_complete()
         if self._shutting_down and not self.transport.is_closing() and not self.pipeline:
             self.transport.close()
 
 
 def _refusal_behind(exc: BaseException | None) -> _Refused | None:
-    """httptools wraps an exception raised in a callback (``HttpParserCallbackError``); find ours behind it."""
+    """Our refusal behind ``exc`` (httptools wraps a callback's exception in ``HttpParserCallbackError``)."""
     while exc is not None:
         if isinstance(exc, _Refused):
             return exc

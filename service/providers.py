@@ -88,7 +88,12 @@ def tensorrt_options(
     """TensorRT EP options: one dynamic-batch profile ``[1..max_batch, *image_shape]`` and the caches.
 
     Args:
+        device_id: CUDA device index.
+        fp16: let TensorRT build float16 kernels.
         cache_dir: this model version's cache folder; ``None`` = no cache (every start builds the engine).
+        input_name: the graph's image input (the profile's shapes are keyed by it).
+        image_shape: one image's shape without the batch dimension, e.g. ``(H, W, 3)``.
+        max_batch: the largest batch of the profile.
     """
     dims = "x".join(str(d) for d in image_shape)
     opts = {
@@ -140,6 +145,7 @@ def provider_list(
     Args:
         want: ``auto``, ``cpu``, ``cuda`` or ``tensorrt``.
         available: ``onnxruntime.get_available_providers()``.
+        device_id: CUDA device index for the CUDA provider.
         trt: :func:`tensorrt_options` (needed for ``tensorrt``).
         trt_library: :func:`tensorrt_libraries` (``None``: TensorRT is not installed).
 

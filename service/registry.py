@@ -41,8 +41,7 @@ from service.batcher import DynamicBatcher
 from service.config import Settings
 from service.errors import BadRequest, NotFound, Unavailable
 from service.metrics import ServiceMetrics
-from service.priors import AdaptivePrior
-from service.repository import (
+from service.model_spec import (
     Fingerprint,
     ModelSpec,
     ModelSpecError,
@@ -51,6 +50,7 @@ from service.repository import (
     list_versions,
     read_spec,
 )
+from service.priors import AdaptivePrior
 from service.runtime import ModelLoadError, ModelRuntime, RuntimeOptions, load_runtime
 
 __all__ = ["ModelRegistry", "ServedModel"]

@@ -33,10 +33,10 @@ from rescom.model_repository import METADATA_FILE
 from service import providers as prov
 from service.config import usable_cpus
 from service.iobinding import BoundRunner
+from service.model_spec import ModelSpec
 from service.placement import Placement, read_placement
-from service.repository import ModelSpec
 
-__all__ = ["ModelLoadError", "ModelRuntime", "RuntimeOptions", "load_runtime", "onnxruntime_version"]
+__all__ = ["ModelLoadError", "ModelRuntime", "RuntimeOptions", "load_runtime"]
 
 log = logging.getLogger("rescom.service.runtime")
 
@@ -84,11 +84,6 @@ class RuntimeOptions:
     profile_warmup: bool | None = None
 
 
-def onnxruntime_version() -> str:
-    """The installed ONNX Runtime version."""
-    return ort.__version__
-
-
 class ModelRuntime:
     """One model version in one ``InferenceSession``; :meth:`run` is what the batcher calls.
 
@@ -102,6 +97,16 @@ class ModelRuntime:
         pad: pad each batch up to the next bucket.
         instances: model calls that may run at once (the batcher's workers).
         io_binding: calls go through IO binding (GPU providers); ``pinned``: its host buffers are page-locked.
+
+    Args:
+        spec: the validated metadata of the version.
+        session: the ONNX Runtime session the version runs in.
+        max_batch_size: rows per call (see ``max_batch_size`` above).
+        buckets: batch sizes warmed up and padded to (see ``buckets`` above).
+        intra_op_threads: ORT threads per call.
+        pad: pad each batch up to the next bucket.
+        instances: model calls that may run at once.
+        binder: runs calls through IO binding (GPU providers); ``None``: plain ``session.run``.
     """
 
     def __init__(
@@ -194,7 +199,7 @@ class ModelRuntime:
 
     def close(self) -> None:
         """Drop the session (its memory is freed once no batch is using it)."""
-        self._session = None  # type: ignore[assignment]
+        self._session = None
         self._binder = None
 
 

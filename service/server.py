@@ -63,7 +63,7 @@ def connection_limits(settings: Settings, app: FastAPI | None = None) -> Connect
 
 
 def server_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
-    """uvicorn's configuration for ``app``: the fast path outermost, the limited protocol, the timeouts."""
+    """The ``uvicorn.Config`` of ``app``: the fast path outermost, the limited protocol, the timeouts."""
     return uvicorn.Config(
         PredictFastPath(app, app),  # outermost: raw-body POST /predict skips FastAPI's own middleware too
         host=settings.host,
@@ -86,6 +86,12 @@ class DrainingServer(uvicorn.Server):
 
     The first signal flips readiness to 503 at once; on SIGTERM the graceful shutdown starts only
     ``shutdown_delay_s`` later, and the accept queue is emptied before the listener closes.
+
+    Args:
+        config: uvicorn's configuration (:func:`server_config`).
+        app: the FastAPI app whose readiness the first signal turns off.
+        shutdown_delay_s: seconds between SIGTERM and the start of the graceful shutdown
+            (RESCOM_SHUTDOWN_DELAY_S).
     """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI, shutdown_delay_s: float = 0.0) -> None:
@@ -96,7 +102,8 @@ class DrainingServer(uvicorn.Server):
         self._announced = False
         self._handoffs: set[asyncio.Task[object]] = set()
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:  # noqa: D102
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Signal handler: readiness off at once; on the first SIGTERM the shutdown waits ``shutdown_delay_s``."""
         first = not self.should_exit
         begin_drain(self._rescom_app)
         if first and sig == signal.SIGTERM and self._shutdown_delay_s > 0:
@@ -106,7 +113,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
-        """uvicorn's check every 0.1 s; holds the shutdown back until the delay has passed."""
+        """Uvicorn's check every 0.1 s; holds the shutdown back until the delay has passed."""
         should_exit = await super().on_tick(counter)
         if not should_exit or self.force_exit:
             return should_exit

@@ -1,5 +1,7 @@
-"""Triton's model repository extension, shared by HTTP (``service/routes/triton.py``) and gRPC
-(``service/grpc_server.py``): the read-only index, and the model control check for load/unload."""
+"""Triton's model repository extension: the read-only index, and the model control check for load/unload.
+
+Shared by HTTP (``service/routes/triton.py``) and gRPC (``service/grpc_server.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +9,18 @@ import asyncio
 from typing import Any
 
 from service.errors import BadRequest
-from service.repository import list_versions
+from service.model_spec import list_versions
 from service.state import ServiceState
 
 __all__ = ["repository_index", "check_model_control"]
 
 
 async def repository_index(state: ServiceState, ready_only: bool = False) -> list[dict[str, Any]]:
-    """``{"name", "version", "state": "READY" | "UNAVAILABLE", "reason"}`` for every version folder of every
-    model (only the ready ones with ``ready_only``)."""
+    """The repository index: one entry per version folder of every model.
+
+    Each entry is ``{"name", "version", "state": "READY" | "UNAVAILABLE", "reason"}``; with ``ready_only``
+    only the ready ones are listed.
+    """
     entries = await asyncio.to_thread(_index, state)
     return [e for e in entries if e["state"] == "READY"] if ready_only else entries
 

@@ -1,5 +1,6 @@
-"""Triton's model statistics extension (``GET /v2/models[/NAME[/versions/V]]/stats``), built from what the
-service already measures.
+"""Triton's model statistics extension (``GET /v2/models[/NAME[/versions/V]]/stats``).
+
+It is built from what the service already measures.
 
 Per served model version, as Triton's ``ModelStatistics`` JSON (durations in ns, ``last_inference`` in ms since
 the epoch):

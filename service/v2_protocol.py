@@ -173,8 +173,10 @@ class V2Result:
 
 
 def lease(state: ServiceState, name: str, version: str | None) -> AbstractContextManager[ServedModel]:
-    """Hold the model version that answers an inference request until it is answered (``version=None``: the
-    registry's choice); take it before reading the request body (:meth:`service.registry.ModelRegistry.lease`).
+    """Hold the model version that answers an inference request until it is answered.
+
+    ``version=None``: the registry's choice. Take it before reading the request body
+    (:meth:`service.registry.ModelRegistry.lease`).
 
     Raises:
         NotFound / Unavailable / BadRequest: as :meth:`service.registry.ModelRegistry.get`.

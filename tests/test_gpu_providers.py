@@ -17,8 +17,8 @@ from rescom_dev.onnx_models import tiny_reference_logits, write_version
 from service import providers as prov
 from service.config import Settings
 from service.iobinding import BoundRunner, PinnedAllocator
+from service.model_spec import read_spec
 from service.placement import HEAVY_OUTPUT_BYTES, read_placement
-from service.repository import read_spec
 from service.runtime import ModelLoadError, ModelRuntime, RuntimeOptions, _session_options, load_runtime
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

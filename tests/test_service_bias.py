@@ -18,7 +18,7 @@ from rescom_dev.images import encode, random_images
 from rescom_dev.onnx_models import CLASS_COUNTS, NUM_CLASSES, TEMPERATURE, write_version
 from rescom_dev.servers import local_settings, running_server
 from service.config import Settings
-from service.repository import ModelSpecError, read_spec
+from service.model_spec import ModelSpecError, read_spec
 
 pytestmark = pytest.mark.timeout(120)
 

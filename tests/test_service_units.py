@@ -19,8 +19,8 @@ from rescom_dev.onnx_models import CLASS_COUNTS, tiny_reference_logits, write_ve
 from service.config import Settings
 from service.errors import PayloadTooLarge, Unprocessable
 from service.images import decode_image
+from service.model_spec import ModelSpecError, fingerprint, list_versions, read_spec
 from service.priors import AdaptivePrior, parse_prior, parse_temperature, parse_top_k
-from service.repository import ModelSpecError, fingerprint, list_versions, read_spec
 from service.runtime import ModelLoadError, RuntimeOptions, load_runtime
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -295,7 +295,7 @@ def test_large_jpegs_decode_at_draft_scale():
 def test_model_spec_reads_the_confusion_matrix_for_bbse_and_rlls(tmp_path):
     """calibration.confusion / val_counts of rescom.json reach the spec (the adaptive prior's BBSE and RLLS use
     them); malformed ones refuse the version with the field named."""
-    from service.repository import ModelSpecError, read_spec
+    from service.model_spec import ModelSpecError, read_spec
 
     write_version(tmp_path, "m", 1)
     path = tmp_path / "m" / "1" / METADATA_FILE

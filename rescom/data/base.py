@@ -148,6 +148,7 @@ class ArrayImageDataset(_LabeledImages):
         self.indices = None if indices is None else [int(i) for i in indices]
 
     def load(self, index: int) -> Image.Image:
+        """Image ``index`` as a PIL RGB image (from the uint8 ``[H, W, 3]`` array)."""
         return Image.fromarray(self.images[index], mode="RGB")
 
 
@@ -169,6 +170,7 @@ class FileImageDataset(_LabeledImages):
         self.paths = [str(p) for p in paths]
 
     def load(self, index: int) -> Image.Image:
+        """Image ``index`` read from its file, decoded and converted to RGB."""
         with Image.open(self.paths[index]) as img:
             img.load()
             return to_rgb(img)

@@ -80,8 +80,10 @@ def build_image_folder(
         data_dir: root holding ``train/`` and ``val/`` and/or ``test/``.
         imbalance_factor: optional IF >= 1 applied to the training split (None = keep everything).
         seed: seed of the subsampling shuffle.
-        resize, crop: eval resize (shorter side) and centre crop.
-        mean, std: normalisation.
+        resize: eval resize of the shorter side, in pixels.
+        crop: eval centre crop side, in pixels.
+        mean: per-channel RGB normalisation mean (``[3]``, for inputs in [0, 1]).
+        std: per-channel RGB normalisation standard deviation (``[3]``).
         preset: default augmentation preset recorded in the splits.
 
     Returns:

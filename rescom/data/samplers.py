@@ -53,6 +53,7 @@ class ClassBalancedSampler(Sampler[int]):
         self.seed, self.epoch = int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Reseed the draw for ``epoch`` (``seed + epoch``), so every epoch samples a different sequence."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

@@ -49,6 +49,11 @@ class Cutout:
         self.n_holes, self.length = int(n_holes), int(length)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """``img`` ``[C, H, W]`` with ``n_holes`` squares of side ``length`` (clipped at the border) set to zero.
+
+        Raises:
+            TypeError: ``img`` is not a ``[C, H, W]`` tensor (Cutout must come after ``ToTensor``).
+        """
         if not isinstance(img, torch.Tensor) or img.ndim != 3:
             raise TypeError(
                 f"Cutout expects a tensor [C, H, W] (place it after ToTensor), got {type(img).__name__}"
@@ -67,12 +72,17 @@ class Cutout:
 
 
 class TwoViewTransform:
-    """Apply the same (random) pipeline twice: ``img -> [view1, view2]``."""
+    """Apply the same (random) pipeline twice: ``img -> [view1, view2]`` (the two Siamese views).
+
+    Args:
+        transform: the random augmentation applied independently to each view.
+    """
 
     def __init__(self, transform: Callable[[Any], Any]) -> None:
         self.transform = transform
 
     def __call__(self, img: Any) -> list[Any]:
+        """Two independently augmented views ``[view1, view2]`` of ``img``."""
         return [self.transform(img), self.transform(img)]
 
     def __repr__(self) -> str:
@@ -99,6 +109,7 @@ class EvalTransform:
         self.std = torch.tensor([float(s) for s in std], dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        """PIL RGB image -> normalised float32 ``[3, crop, crop]``."""
         arr = resize_center_crop(img, self.resize, self.crop)  # uint8 [crop, crop, 3]
         x = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32) / 255.0  # [3, crop, crop]
         return (x - self.mean) / self.std
@@ -122,7 +133,8 @@ def create_transforms(
         train: training augmentation (True) or the deterministic eval transform (False).
         resize: eval shorter side (train presets ignore it).
         crop: output side length.
-        mean, std: normalisation.
+        mean: per-channel RGB normalisation mean (``[3]``, for inputs in [0, 1]).
+        std: per-channel RGB normalisation standard deviation (``[3]``).
 
     Returns:
         Callable mapping a PIL RGB image to a float tensor ``[3, crop, crop]``.

@@ -133,8 +133,10 @@ def build_txt_list(
         test_list: test list file; if missing, the val list is used as test (with a warning).
         names_file: optional class names, one per line.
         num_classes: C (default: largest label + 1 over all lists).
-        resize, crop: eval resize (shorter side) and centre crop.
-        mean, std: normalisation.
+        resize: eval resize of the shorter side, in pixels.
+        crop: eval centre crop side, in pixels.
+        mean: per-channel RGB normalisation mean (``[3]``, for inputs in [0, 1]).
+        std: per-channel RGB normalisation standard deviation (``[3]``).
         preset: default augmentation preset recorded in the splits.
         name: dataset name recorded in the splits.
 

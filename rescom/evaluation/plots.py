@@ -94,7 +94,7 @@ def _label_points(
     index = np.flatnonzero(ok)
     if index.size > 30:
         index = index[np.argsort(acc[index], kind="stable")[:10]]
-    for i in index:
+    for i in index.tolist():  # Python ints, as a Sequence index
         name = str(class_names[i]) if class_names is not None else str(i)
         ax.annotate(
             name[:18], (counts[i], acc[i]), xytext=(4, 3), textcoords="offset points", fontsize=7, alpha=0.85

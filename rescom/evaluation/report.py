@@ -154,8 +154,11 @@ def balanced_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 
 def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
-    """``top1`` and ``balanced_acc`` (percent; ``acc`` = ``top1``, kept for older readers), ``nll``, ``brier`` and
-    ``ece`` (fraction, ``n_bins`` equal-width bins)."""
+    """Accuracy and calibration metrics of posteriors ``probs`` ``[N, C]`` against ``labels`` ``[N]``.
+
+    ``top1`` and ``balanced_acc`` are in percent (``acc`` = ``top1``, kept for older readers); ``nll``,
+    ``brier`` and ``ece`` (``n_bins`` equal-width bins) are fractions.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     top1 = float(100.0 * np.mean(probs.argmax(axis=1) == labels))
     return {
@@ -306,7 +309,7 @@ def label_shift_study(
 
 
 def _set_order(record: dict[str, Any]) -> tuple[int, float]:
-    """forward with the largest IF first, then uniform, then backward with the smallest IF first."""
+    """Sort key of a shifted set: forward (largest IF first), uniform, backward (smallest IF first)."""
     factor = record["imbalance_factor"]
     return {"forward": (0, -factor), "uniform": (1, 0.0), "backward": (2, factor)}[record["kind"]]
 
@@ -400,11 +403,15 @@ def evaluate_logits(
         labels: ``[N]``.
         class_counts: ``[C]`` training counts ``n_c`` (``π_train = n_c / Σ n``; Many/Medium/Few groups).
         temperature: fitted T, or ``None`` when the model has none (then ``"scaled"`` uses T = 1).
-        many_threshold, few_threshold: Many-shot ``n > many``, Few-shot ``n < few``.
+        many_threshold: a class is Many-shot when its training count ``n_c > many_threshold``.
+        few_threshold: a class is Few-shot when ``n_c < few_threshold`` (Medium-shot in between).
         em_alpha: Dirichlet α of EM (adaptive prior), >= 1.
         n_bins: reliability / ECE bins.
         top_k: most-confused pairs to list.
-        shift_kinds, shift_factors, shift_seeds: label-shift study grid (:func:`label_shift_study`).
+        shift_kinds: label-shift study kinds (``forward``, ``uniform``, ``backward``).
+            See :func:`label_shift_study`.
+        shift_factors: imbalance factors of the shifted test priors in the study.
+        shift_seeds: resampling seeds of the study (a set per kind × factor × seed; ``uniform`` once per seed).
         source_prior: ``π_s`` the logits are calibrated for (``None`` = uniform, the serving contract; pass
             ``π_train`` for a plain-CE model).
         class_bias: per-class bias ``b`` ``[C]`` fitted with ``T`` (BCTS; ``None`` = 0): ``"scaled"`` and the
@@ -455,7 +462,7 @@ def evaluate_logits(
                 )
                 longtail[prior].setdefault("top1", longtail[prior]["acc"])
                 longtail[prior].setdefault("balanced_acc", balanced_accuracy(probs.argmax(1), labels))
-                if prior == "adaptive":
+                if prior == "adaptive" and pi is not None:  # posterior() returns the EM estimate π̂ for it
                     adaptive_prior = [float(p) for p in pi]
 
     # uniform prior as served (z / T + b; the argmax of the raw logits when b = 0, for Balanced Softmax)

@@ -128,6 +128,7 @@ class ResComLoss(nn.Module):
         self.single_thread_max_work = SINGLE_THREAD_MAX_WORK
 
     def extra_repr(self) -> str:
+        """The hyper-parameters in the module's repr: K, Qp, Qn, τ, λ and β."""
         return (
             f"num_classes={self.num_classes}, dim={self.dim}, K={self.queue_size}, Qp={self.num_positives}, "
             f"Qn={self.num_negatives}, tau={self.temperature}, lambda={self.con_weight}, beta={self.beta}"

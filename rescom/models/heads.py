@@ -34,6 +34,10 @@ class LinearClassifier(nn.Linear):
     """Linear classifier ``[N, D] -> [N, C]`` with bias (the ResCom/Balanced-Softmax logits z).
 
     A plain ``nn.Linear`` subclass, so its state dict keys are ``weight`` [C, D] and ``bias`` [C].
+
+    Args:
+        in_dim: feature dimension D.
+        num_classes: number of classes C.
     """
 
     def __init__(self, in_dim: int, num_classes: int) -> None:

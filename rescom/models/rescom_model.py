@@ -66,6 +66,7 @@ class ResComModel(nn.Module):
         return {"logits": logits, "embedding": embedding, "features": features}
 
     def extra_repr(self) -> str:
+        """Architecture, feature dim D, classes C and projection dim d in the module's repr."""
         return f"arch={self.arch!r}, D={self.feat_dim}, C={self.num_classes}, d={self.proj_dim}"
 
 
@@ -92,6 +93,10 @@ class InferenceModel(nn.Module):
         self.feat_dim = int(getattr(model, "feat_dim", self.classifier.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``z`` ``[N, C]`` of normalised images ``[N, 3, H, W]``.
+
+        With ``with_features`` the result is ``(z [N, C], features [N, D])``.
+        """
         features = self.encoder(x)  # [N, D]
         logits = self.classifier(features)  # [N, C]
         if self.with_features:

@@ -111,6 +111,7 @@ class CifarResNet(nn.Module):
                     nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``[N, 64]`` of images ``[N, 3, H, W]`` (after global average pooling)."""
         x = F.relu(self.bn1(self.conv1(x)))  # [N, 16, H, W]
         x = self.layer1(x)  # [N, 16, H, W]
         x = self.layer2(x)  # [N, 32, H/2, W/2]

@@ -40,6 +40,7 @@ class TorchvisionResNet(nn.Module):
         self.avgpool = net.avgpool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``[N, 2048]`` of images ``[N, 3, H, W]`` (the torchvision trunk without its ``fc``)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [N, 64, H/4, W/4]
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [N, 2048, H/32, W/32]
         return torch.flatten(self.avgpool(x), 1)  # [N, 2048]

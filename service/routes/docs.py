@@ -1,5 +1,6 @@
-"""``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) from assets that ship with the service: nothing is loaded from
-another host when the pages open, so they work offline and in air-gapped clusters.
+"""``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) from assets that ship with the service.
+
+Nothing is loaded from another host when the pages open, so they work offline and in air-gapped clusters.
 
 The assets are vendored unmodified under ``service/static/docs/`` with their licenses (``swagger-ui/``: npm
 ``swagger-ui-dist`` 5.35.0, Apache-2.0; ``redoc/``: npm ``redoc`` 2.5.4, MIT) and served at

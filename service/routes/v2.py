@@ -57,8 +57,11 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 @router.get("/models/{name}/ready", summary="Model readiness")
 @router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (version)")
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
-    """200 ``{"name", "ready": true}`` when the model (version) is served; 404 when unknown; 400 with
-    ``{"name", "ready": false, "error"}`` while it is not loaded or the server drains."""
+    """Whether one model (version) is ready to serve.
+
+    200 ``{"name", "ready": true}`` when the model (version) is served; 404 when unknown; 400 with
+    ``{"name", "ready": false, "error"}`` while it is not loaded or the server drains.
+    """
     try:
         reason = v2_protocol.model_ready(get_state(request), name, version)
     except NotFound:

@@ -1,4 +1,4 @@
-"""Reading a Triton-style model repository (docs/architecture.md): discovery and ``rescom.json`` validation.
+"""A model version's :class:`ModelSpec`: versions found in a Triton-style repository, ``rescom.json`` validated.
 
 ```
 REPO/NAME/config.pbtxt        Triton's; the service does not need it
@@ -126,8 +126,10 @@ class ModelSpec:
 
     @cached_property
     def confusion(self) -> np.ndarray | None:
-        """Soft confusion matrix ``M`` ``[C, C]`` of the validation split (``calibration.confusion``), which the
-        confusion-matrix label-shift estimators (BBSE, RLLS) need; ``None`` for exports without it."""
+        """Soft confusion matrix ``M`` ``[C, C]`` of the validation split (``calibration.confusion``).
+
+        The confusion-matrix label-shift estimators (BBSE, RLLS) need it; ``None`` for exports without it.
+        """
         calibration = self.metadata.get("calibration") or {}
         return parse_confusion(calibration.get("confusion"), self.num_classes)
 
