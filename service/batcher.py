@@ -59,17 +59,17 @@ class BatchObserver(Protocol):
 class NullObserver:
     """An observer that ignores everything."""
 
-    def on_batch(self, rows: int, seconds: float) -> None:  # noqa: D102
-        pass
+    def on_batch(self, rows: int, seconds: float) -> None:
+        """Ignore a finished batch."""
 
-    def on_queue_wait(self, seconds: float) -> None:  # noqa: D102
-        pass
+    def on_queue_wait(self, seconds: float) -> None:
+        """Ignore a queue wait."""
 
-    def on_depth(self, rows: int) -> None:  # noqa: D102
-        pass
+    def on_depth(self, rows: int) -> None:
+        """Ignore a queue depth change."""
 
-    def on_reject(self, reason: str) -> None:  # noqa: D102
-        pass
+    def on_reject(self, reason: str) -> None:
+        """Ignore a rejection."""
 
 
 @dataclass(eq=False, slots=True)
@@ -146,11 +146,6 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         """Rows currently waiting in the queue."""
         return self._rows
-
-    @property
-    def running(self) -> bool:
-        """True between :meth:`start` and :meth:`close`."""
-        return self._task is not None and not self._task.done() and not self._closing
 
     async def start(self) -> None:
         """Start the batching loop on the running event loop (idempotent)."""
