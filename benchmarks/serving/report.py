@@ -161,7 +161,10 @@ def _window(key: str, cfg: dict[str, Any]) -> str:
     if key == "mosec":
         return f"max_wait_time {cfg.get('mosec_wait_ms', cfg['max_delay_ms']):g} ms"
     if key == "bentoml":
-        return f"adaptive (max_latency_ms {cfg.get('bentoml_max_latency_ms', 'n/a')})"
+        latency = cfg.get("bentoml_max_latency_ms")
+        return (
+            "adaptive (max_latency_ms n/a)" if latency is None else f"adaptive (max_latency_ms {latency:g})"
+        )
     return f"{cfg['max_delay_ms']:g} ms"
 
 
@@ -303,12 +306,13 @@ def write_markdown(results: dict[str, Any], path: Path, plot_name: str) -> None:
         "",
         "## Reading these numbers",
         "",
-        "- Every server is CPU-bound here: ONNX Runtime's two threads want both cores, so any CPU a server "
-        "spends per request (HTTP, Python, IPC) both costs throughput and slows the model calls it overlaps.",
-        "- The c=1 latency includes each server's batching window: our service, Mosec, LitServe and Triton "
-        "wait up to 2 ms for a batch to fill; BentoML adapts its window from a cost model instead.",
+        "- Every server is CPU-bound here: its model instances x ORT threads want every core, so any CPU a "
+        "server spends per request (HTTP, Python, IPC) both costs throughput and slows the model calls it "
+        "overlaps.",
+        "- The c=1 latency includes each server's batching window (see the configuration list above); "
+        "BentoML adapts its window from a cost model instead.",
         "- LitServe's window is counted from the start of its collect loop, not from the oldest request; "
-        "BentoML sheds load with 503 only past `max_latency_ms` (10 s here).",
+        f"BentoML sheds load with 503 past `max_latency_ms` ({cfg.get('bentoml_max_latency_ms', 'n/a')} ms here).",
         "- Triton's numbers include the KServe v2 envelope (binary request, JSON response wrapping the "
         "document); the other four exchange the raw PNG and the bare document.",
         "- wrk runs on the same two cores (one thread); its CPU is not counted in `server CPU ms/req`.",
