@@ -9,7 +9,8 @@ orjson).
 
 Settings come from ``BENCH_*`` environment variables set by the harness (see :class:`AppSettings`). When
 ``BENCH_STATS_FILE`` names a 16-byte file, every model call adds ``(1 batch, n rows)`` to two int64 counters
-in it (a shared ``mmap``), so the harness can report the mean batch size of servers that do not export one.
+in it (a shared ``mmap``, updated under an ``flock`` so the N worker processes of a peer never lose a count), so
+the harness can report the mean batch size of servers that do not export one.
 """
 
 from __future__ import annotations
