@@ -25,7 +25,9 @@ class BenchConfig:
         warmup_s: seconds of load at concurrency 16 before the first point (after the accuracy pass).
         max_batch_size: rows per model call, every server (the service's default).
         max_delay_ms: batching window, every server that has one (the service's default).
-        ort_threads: ONNX Runtime intra-op threads of the one model instance (the service's default on 2 cores).
+        instances: model instances every server runs (worker processes, Triton instances, our batchers): N.
+        ort_threads: ONNX Runtime intra-op threads of each instance: T. N x T = 2 x 1 is the service's default on
+            2 cores (``service/runtime.py:_instances_and_threads``); the same N x T for every server.
         timeout_s: request deadline (the service's ``request_timeout_s``).
         wrk_threads: load generator threads (1 leaves the most CPU to the server on a 2-core box).
         repeats: runs of each of the ``repeat_top`` highest concurrencies (median reported, with the spread).
@@ -42,7 +44,8 @@ class BenchConfig:
     warmup_s: float = 2.0
     max_batch_size: int = 32
     max_delay_ms: float = 2.0
-    ort_threads: int = 2
+    instances: int = 2
+    ort_threads: int = 1
     timeout_s: float = 10.0
     wrk_threads: int = 1
     repeats: int = 3
@@ -61,6 +64,7 @@ class BenchConfig:
         return {
             "BENCH_MAX_BATCH": str(self.max_batch_size),
             "BENCH_DELAY_MS": str(self.max_delay_ms),
+            "BENCH_INSTANCES": str(self.instances),
             "BENCH_ORT_THREADS": str(self.ort_threads),
             "BENCH_TIMEOUT_S": str(self.timeout_s),
             "BENCH_MOSEC_WAIT_MS": str(self.mosec_wait_ms),
@@ -68,13 +72,17 @@ class BenchConfig:
         }
 
     def service_env(self) -> dict[str, str]:
-        """``RESCOM_*`` variables for our service: the same settings, spelled out (they are its defaults)."""
+        """``RESCOM_*`` variables for our service: the same settings as the peers, spelled out.
+
+        With the defaults (2 instances x 1 ORT thread, batch 32, 2 ms) they equal the service's own defaults on a
+        2-core machine; other ``--instances`` / ``--ort-threads`` override them for every server alike.
+        """
         return {
             "RESCOM_MAX_BATCH_SIZE": str(self.max_batch_size),
             "RESCOM_MAX_QUEUE_DELAY_MS": str(self.max_delay_ms),
             "RESCOM_INTRA_OP_THREADS": str(self.ort_threads),
             "RESCOM_INTER_OP_THREADS": "1",
-            "RESCOM_INSTANCES": "1",
+            "RESCOM_INSTANCES": str(self.instances),
             "RESCOM_REQUEST_TIMEOUT_S": str(self.timeout_s),
             "RESCOM_PROVIDERS": "cpu",
             "RESCOM_POLL_INTERVAL_S": "0",

@@ -2,12 +2,16 @@
 
 Measured in this process with the same :class:`apps.pipeline.Pipeline` (same session options and thread count
 as the servers): ORT batch-1 latency, ORT batch-``max_batch_size`` throughput, decode + preprocess cost per
-image, and calibration + JSON cost per image.
+image, and calibration + JSON cost per image; then the engine's own limit with the servers' compute (N instances
+x T ORT threads): N threads, each with its own Pipeline (own ORT session), each looping decode of 32 PNGs ->
+ORT batch 32 -> calibration + top-k + JSON (issue 12's "raw ONNX Runtime, decode + ORT b32 + top-5, no HTTP"),
+and the same N sessions running ORT batch 32 alone.
 """
 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +22,7 @@ import numpy as np
 from benchmarks.serving.apps.pipeline import Pipeline
 from benchmarks.serving.workload import Image
 
-__all__ = ["Reference", "measure_reference"]
+__all__ = ["Reference", "measure_engine", "measure_reference"]
 
 
 @dataclass
@@ -34,6 +38,9 @@ class Reference:
     decode_ms: float  # Pillow decode + resize_center_crop, per image
     respond_ms: float  # calibration + top-k + JSON, per image (batch of 1)
     threads: int
+    instances: int = 1  # concurrent sessions in the two figures below
+    engine_img_s: float | None = None  # N sessions: decode + ORT batch + calibration/top-k/JSON, no HTTP
+    ort_batch_img_s_instances: float | None = None  # N sessions: ORT batch alone
 
     @property
     def c1_floor_ms(self) -> float:
@@ -93,3 +100,64 @@ def measure_reference(
         respond_ms=statistics.median(resp) * 1e3,
         threads=threads,
     )
+
+
+def _concurrent_img_s(jobs: list[Callable[[], int]], rounds: int) -> float:
+    """Images per second of ``jobs`` run side by side, each ``rounds`` times in its own thread."""
+    done: list[int] = [0] * len(jobs)
+    barrier = threading.Barrier(len(jobs) + 1)
+
+    def loop(i: int) -> None:
+        barrier.wait()
+        for _ in range(rounds):
+            done[i] += jobs[i]()
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(len(jobs))]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    t = time.perf_counter()
+    for w in workers:
+        w.join()
+    return sum(done) / (time.perf_counter() - t)
+
+
+def measure_engine(
+    pipelines: list[Pipeline], images: list[Image], batch: int, quick: bool
+) -> tuple[float, float]:
+    """The engine's limit with ``len(pipelines)`` instances (threads, one ORT session each), no HTTP.
+
+    Returns:
+        ``(engine_img_s, ort_batch_img_s)``: decode of ``batch`` PNGs + ORT batch + calibration/top-k/JSON
+        per round; and ORT batch alone, on pre-decoded images.
+    """
+    blobs = [im.png for im in images]
+    chunks = [blobs[i : i + batch] for i in range(0, len(blobs) - batch + 1, batch)] or [blobs]
+    rounds = 8 if quick else 40
+
+    def whole_job(p: Pipeline, k: int) -> Callable[[], int]:
+        state = {"i": k}
+
+        def run() -> int:
+            chunk = chunks[state["i"] % len(chunks)]
+            state["i"] += 1
+            logits = p.infer(p.decode_many(chunk))  # [b, C]
+            for doc in p.respond(logits):
+                p.encode(doc)
+            return len(chunk)
+
+        return run
+
+    def ort_only(p: Pipeline) -> Callable[[], int]:
+        x = p.decode_many(chunks[0])  # [b, crop, crop, 3] uint8
+
+        def run() -> int:
+            p.infer(x)
+            return len(x)
+
+        return run
+
+    _concurrent_img_s([whole_job(p, k) for k, p in enumerate(pipelines)], 2)  # warm
+    engine = _concurrent_img_s([whole_job(p, k) for k, p in enumerate(pipelines)], rounds)
+    ort_only_img_s = _concurrent_img_s([ort_only(p) for p in pipelines], rounds)
+    return engine, ort_only_img_s

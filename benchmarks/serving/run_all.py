@@ -10,9 +10,10 @@ For each server: start on 127.0.0.1, wait for readiness, accuracy pass over ever
 must equal offline ONNX Runtime), a short warm-up, then one wrk point per concurrency (closed loop, real PNG
 bodies), then stop. A raw ONNX Runtime reference (no HTTP) is measured in this process first.
 
-Writes ``benchmarks/results/serving.{md,json,png}``; logs and wrk output go to
-``benchmarks/results/raw/serving/``. A server that cannot be installed or started is recorded with the
-reason and the run goes on. Needs ``wrk`` (``apt-get install -y wrk``) and the project's ``.venv``.
+Writes ``<out>/serving.{md,json,png}`` (``--out`` defaults to ``benchmarks/results``); logs and wrk output go
+to ``<out>/raw/serving/``. Every server runs N model instances x T ORT threads (``--instances``,
+``--ort-threads``; default 2 x 1, the service's own default on 2 cores). A server that cannot be installed or
+started is recorded with the reason and the run goes on. Needs ``wrk`` (``apt-get install -y wrk``) and the project's ``.venv``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ if str(ROOT) not in sys.path:
 from benchmarks.serving import report  # noqa: E402
 from benchmarks.serving.accuracy import check_server, offline_reference  # noqa: E402
 from benchmarks.serving.apps.pipeline import AppSettings, Pipeline  # noqa: E402
-from benchmarks.serving.config import RAW_DIR, RESULTS_DIR, BenchConfig  # noqa: E402
+from benchmarks.serving.config import RESULTS_DIR, BenchConfig  # noqa: E402
 from benchmarks.serving.envs import ensure_env, package_versions  # noqa: E402
-from benchmarks.serving.reference import measure_reference  # noqa: E402
-from benchmarks.serving.servers import SERVERS, RunningServer, ServerSpec, start_server  # noqa: E402
+from benchmarks.serving.reference import measure_engine, measure_reference  # noqa: E402
+from benchmarks.serving.servers import SERVERS, RunningServer, ServerSpec, describe, start_server  # noqa: E402
 from benchmarks.serving.workload import Image, load_images, write_wrk_requests  # noqa: E402
 from benchmarks.serving.wrk import run_wrk, wrk_version  # noqa: E402
 from rescom import model_repository as mr  # noqa: E402
@@ -59,6 +60,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--servers", default=",".join(s.key for s in SERVERS), help="comma-separated subset")
     p.add_argument("--concurrencies", default="1,16,64,256", help="comma-separated wrk connection counts")
     p.add_argument("--repeats", type=int, default=3, help="runs of each of the two highest concurrencies")
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=2,
+        help="model instances of every server (default 2: the service's own)",
+    )
+    p.add_argument(
+        "--ort-threads",
+        type=int,
+        default=1,
+        help="ORT intra-op threads per instance, every server (default 1)",
+    )
     p.add_argument("--duration", type=float, default=None, help="seconds per point (default 12, quick 3)")
     p.add_argument("--model-dir", type=Path, default=None, help="models/NAME/N (default: newest digits_lt)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where serving.{md,json,png} go")
@@ -140,12 +153,19 @@ def measure_points(
 
 
 def reference_run(settings: AppSettings, images: list[Image], cfg: BenchConfig, when: str) -> dict[str, Any]:
-    """Raw ONNX Runtime reference (a fresh session, as the servers have), printed and returned as a dict."""
+    """Raw ONNX Runtime reference (fresh sessions, as the servers have), printed and returned as a dict."""
     ref = measure_reference(Pipeline(settings), images, cfg.max_batch_size, cfg.ort_threads, cfg.quick)
+    pipelines = [Pipeline(settings) for _ in range(cfg.instances)]
+    ref.instances = cfg.instances
+    ref.engine_img_s, ref.ort_batch_img_s_instances = measure_engine(
+        pipelines, images, cfg.max_batch_size, cfg.quick
+    )
     print(
         f"== raw ORT ({when}): batch-1 {ref.ort_b1_p50_ms:.2f} ms, batch-{cfg.max_batch_size} "
-        f"{ref.ort_batch_img_s:.0f} img/s, decode {ref.decode_ms * 1e3:.0f} us/img, "
-        f"calibration+JSON {ref.respond_ms * 1e3:.0f} us/img",
+        f"{ref.ort_batch_img_s:.0f} img/s (1 session), decode {ref.decode_ms * 1e3:.0f} us/img, "
+        f"calibration+JSON {ref.respond_ms * 1e3:.0f} us/img; {cfg.instances} x {cfg.ort_threads} threads: "
+        f"ORT batch-{cfg.max_batch_size} {ref.ort_batch_img_s_instances:.0f} img/s, engine (decode + ORT + "
+        f"top-k + JSON) {ref.engine_img_s:.0f} img/s",
         flush=True,
     )
     return {**ref.to_dict(), "when": when, "load_1m": load_average()[0]}
@@ -158,12 +178,15 @@ def run_server(
     images: list[Image],
     expected: list[Any],
     manifests: dict[str, Path],
+    raw_dir: Path,
     service_root: Path | None = None,
 ) -> dict[str, Any]:
     """Everything measured for one server; ``error`` says why when it could not run."""
     entry: dict[str, Any] = {
         "title": spec.title,
-        "notes": spec.notes,
+        "notes": describe(spec, cfg),
+        "instances": cfg.instances,
+        "ort_threads": cfg.ort_threads,
         "fmt": spec.fmt,
         "points": [],
         "error": None,
@@ -178,8 +201,8 @@ def run_server(
         return entry
     entry["versions"] = package_versions(env.python, VERSION_PACKAGES.get(spec.key, []))
     entry["load_1m_before"] = load_average()[0]
-    log = RAW_DIR / f"{spec.key}.log"
-    wrk_log = RAW_DIR / f"{spec.key}.wrk.txt"
+    log = raw_dir / f"{spec.key}.log"
+    wrk_log = raw_dir / f"{spec.key}.wrk.txt"
     wrk_log.write_text("")
     try:
         with start_server(spec, env.python, model_dir, cfg, log, service_root) as server:
@@ -200,6 +223,9 @@ def run_server(
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the results."""
     args = parse_args(argv)
+    if args.instances < 1 or args.ort_threads < 1:
+        print("--instances and --ort-threads must be at least 1", file=sys.stderr)
+        return 2
     if args.render_only:
         results = json.loads((args.out / "serving.json").read_text())
         write_outputs(results, args.out)
@@ -213,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration or (3.0 if args.quick else 12.0),
         warmup_s=1.0 if args.quick else 2.0,
         repeats=args.repeats,
+        instances=args.instances,
+        ort_threads=args.ort_threads,
         quick=args.quick,
     )
     wanted = [k.strip() for k in args.servers.split(",") if k.strip()]
@@ -228,22 +256,28 @@ def main(argv: list[str] | None = None) -> int:
             f"WARNING: load average {machine['load_average_start']}: numbers will not be comparable",
             flush=True,
         )
-    RAW_DIR.mkdir(parents=True, exist_ok=True)
+    raw_dir = args.out / "raw" / "serving"  # logs and wrk request files next to the results
+    raw_dir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
 
     images = load_images()
     manifests = {
-        fmt: write_wrk_requests(fmt, images, RAW_DIR / "requests" / fmt) for fmt in {s.fmt for s in specs}
+        fmt: write_wrk_requests(fmt, images, raw_dir / "requests" / fmt) for fmt in {s.fmt for s in specs}
     }
     settings = AppSettings(
-        model_dir=model_dir, max_batch_size=cfg.max_batch_size, ort_threads=cfg.ort_threads
+        model_dir=model_dir,
+        max_batch_size=cfg.max_batch_size,
+        instances=cfg.instances,
+        ort_threads=cfg.ort_threads,
     )
     expected = offline_reference(Pipeline(settings), images, cfg.max_batch_size)
     references = {"start": reference_run(settings, images, cfg, "start")}
 
     servers: dict[str, Any] = {}
     for spec in specs:
-        servers[spec.key] = run_server(spec, model_dir, cfg, images, expected, manifests, args.service_root)
+        servers[spec.key] = run_server(
+            spec, model_dir, cfg, images, expected, manifests, raw_dir, args.service_root
+        )
     other = [p["other_cpu_pct"] for s in servers.values() for p in s["points"]]
 
     references["end"] = reference_run(settings, images, cfg, "end")

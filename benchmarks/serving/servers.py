@@ -26,7 +26,7 @@ from benchmarks.serving.apps.pipeline import BatchCounter
 from benchmarks.serving.config import ENVS_DIR, ROOT, BenchConfig
 from rescom_dev.servers import free_port, service_command
 
-__all__ = ["SERVERS", "ServerSpec", "RunningServer", "start_server", "free_port"]
+__all__ = ["SERVERS", "ServerSpec", "RunningServer", "describe", "start_server", "free_port"]
 
 OURS = "rescom"
 
@@ -41,7 +41,8 @@ class ServerSpec:
         fmt: wire format of its requests (``raw`` or ``v2``, see :mod:`workload`).
         ready_path: GET path that answers 200 once the model is loaded.
         startup_s: longest wait for readiness.
-        notes: how it is configured, for the results.
+        notes: how it is configured, for the results; ``{n}``, ``{t}``, ``{window}``... are filled in by
+            :func:`describe`.
     """
 
     key: str
@@ -58,23 +59,27 @@ SERVERS: tuple[ServerSpec, ...] = (
         "ResCom service (ours)",
         "raw",
         "/health/ready",
-        notes="python -m service: 1 uvicorn process, raw-body fast path, decode pool of 2 threads, "
-        "1 batcher thread (1 instance)",
+        notes="python -m service (its defaults on 2 cores): 1 uvicorn process, raw-body fast path, small images "
+        "decoded on the event loop, 1 ORT session run by {n} batcher worker threads ({n} model calls at once) "
+        "x {t} ORT thread(s), window {window:g} ms",
     ),
     ServerSpec(
         "mosec",
         "Mosec 0.9.8",
         "raw",
         "/",
-        notes="1 worker process, 1 stage (decode+ORT+calibration), max_wait_time 5 ms (Mosec's unit is ms; "
-        "5 ms was its best in issue 12's independent run)",
+        notes="{n} worker processes (append_worker num={n}; Mosec: num is 'the number of processes for parallel "
+        "computing') x {t} ORT thread(s), 1 stage (decode+ORT+calibration), max_wait_time {mosec_wait:g} ms "
+        "(Mosec's unit is ms; 5 ms was its best in issue 12's independent run)",
     ),
     ServerSpec(
         "litserve",
         "LitServe 0.2.19",
         "raw",
         "/health",
-        notes="1 API server process + 1 inference worker, fast_queue (ZeroMQ), batch_timeout 2 ms",
+        notes="1 API server process + {n} inference worker processes (workers_per_device={n}; LitServe: 'For CPU, "
+        "set to the number of cores available on the machine') x {t} ORT thread(s), fast_queue (ZeroMQ), "
+        "batch_timeout {window:g} ms",
     ),
     ServerSpec(
         "bentoml",
@@ -82,8 +87,10 @@ SERVERS: tuple[ServerSpec, ...] = (
         "raw",
         "/readyz",
         startup_s=180.0,
-        notes="1 worker, threads=1, adaptive batching (no fixed window; max_latency_ms = 200 ms, the latency "
-        "objective, as BentoML's docs recommend)",
+        notes="{n} worker processes (workers={n}; BentoML: workers 'leverage the parallelism of the underlying "
+        "hardware, whether it's multi-core CPUs or multi-device GPUs') x {t} ORT thread(s), threads=1, adaptive "
+        "batching (no fixed window; max_latency_ms = {bentoml_latency:g} ms, the latency objective, as "
+        "BentoML's docs recommend)",
     ),
     ServerSpec(
         "pytriton",
@@ -91,10 +98,23 @@ SERVERS: tuple[ServerSpec, ...] = (
         "v2",
         "/v2/models/classify/ready",
         startup_s=180.0,
-        notes="Triton 2.51 C++ front end + dynamic batcher (max_queue_delay 2000 us), 1 Python model instance, "
-        "KServe v2 binary request",
+        notes="Triton 2.51 C++ front end + dynamic batcher (max_queue_delay {window_us:.0f} us), {n} model "
+        "instances (a list of {n} callables, PyTriton's multi-instance form; threads of one Python process) x "
+        "{t} ORT thread(s), KServe v2 binary request",
     ),
 )
+
+
+def describe(spec: ServerSpec, cfg: BenchConfig) -> str:
+    """``spec.notes`` with this run's settings filled in (instances x threads, windows)."""
+    return spec.notes.format(
+        n=cfg.instances,
+        t=cfg.ort_threads,
+        window=cfg.max_delay_ms,
+        window_us=cfg.max_delay_ms * 1000,
+        mosec_wait=cfg.mosec_wait_ms,
+        bentoml_latency=cfg.bentoml_max_latency_ms,
+    )
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

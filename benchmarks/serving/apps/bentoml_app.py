@@ -1,4 +1,4 @@
-"""BentoML peer: one worker process (HTTP + adaptive batching + one inference thread).
+"""BentoML peer: BENCH_INSTANCES worker processes (each: HTTP + adaptive batching + one inference thread).
 
     BENCH_MODEL_DIR=models/digits_lt/1 bentoml serve benchmarks.serving.apps.bentoml_app:Classifier \
         --host 127.0.0.1 --port 8103
@@ -10,8 +10,9 @@ Batching: ``batchable=True, max_batch_size=BENCH_MAX_BATCH``; BentoML has no fix
 CorkDispatcher adapts the window to a fitted cost model and to ``max_latency_ms``), so ``max_latency_ms`` is set
 as BentoML's docs recommend, to the latency objective: ``BENCH_BENTOML_MAX_LATENCY_MS`` (200 ms by default;
 beyond it BentoML sheds with 503, counted as errors). It was the 10 s request timeout before, which let the
-dispatcher hold requests for hundreds of ms. ``workers=1``, ``threads=1``
-(one model instance). BentoML's ``/metrics`` has ``bentoml_service_adaptive_batch_size``.
+dispatcher hold requests for hundreds of ms. ``workers=BENCH_INSTANCES`` ("each running in its process",
+BentoML's workers guide; each builds its own Pipeline in ``__init__``, ``BENCH_ORT_THREADS`` ORT threads),
+``threads=1``. BentoML's ``/metrics`` has ``bentoml_service_adaptive_batch_size``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class JSONBody(IORootModel):
 
 
 @bentoml.service(
-    workers=1,
+    workers=SETTINGS.instances,
     threads=1,
     traffic={"timeout": SETTINGS.timeout_s},
     logging={"access": {"enabled": False}},  # the service runs without an access log too

@@ -1,11 +1,13 @@
-"""LitServe peer: one API server process (uvicorn) + one inference worker process with LitServe's batching loop.
+"""LitServe peer: one API server process (uvicorn) + BENCH_INSTANCES inference worker processes with LitServe's batching loop.
 
     BENCH_MODEL_DIR=models/digits_lt/1 BENCH_PORT=8102 python -m benchmarks.serving.apps.litserve_app
 
 ``POST /predict`` with the raw image as the body (``decode_request`` takes ``Annotated[bytes, Body()]``, which FastAPI
 fills with the raw body for a non-JSON Content-Type) answers the service's JSON document, pre-encoded by the pipeline
 and returned as a ready ``Response``. Batching: ``LitAPI(max_batch_size=BENCH_MAX_BATCH,
-batch_timeout=BENCH_DELAY_MS / 1000)``, ``workers_per_device=1``, ``num_api_servers=1``, ``fast_queue=True``
+batch_timeout=BENCH_DELAY_MS / 1000)``, ``workers_per_device=BENCH_INSTANCES`` (LitServe's docstring: "For CPU,
+set to the number of cores available on the machine"; each worker process has its own Pipeline with
+``BENCH_ORT_THREADS`` threads), ``num_api_servers=1``, ``fast_queue=True``
 (ZeroMQ instead of a multiprocessing queue, LitServe's documented fast path). No batch-size metric: the
 harness counts batches in the pipeline.
 """
@@ -52,7 +54,12 @@ def main() -> None:
         max_batch_size=s.max_batch_size, batch_timeout=s.max_delay_ms / 1000.0, api_path="/predict"
     )
     server = ls.LitServer(
-        api, accelerator="cpu", devices=1, workers_per_device=1, timeout=s.timeout_s, fast_queue=True
+        api,
+        accelerator="cpu",
+        devices=1,
+        workers_per_device=s.instances,
+        timeout=s.timeout_s,
+        fast_queue=True,
     )
     server.run(host=s.host, port=s.port, num_api_servers=1, log_level="warning", generate_client_file=False)
 

@@ -5,7 +5,9 @@
 ``POST /predict`` with the raw image as the body answers the service's JSON document. Batching:
 ``append_worker(max_batch_size=BENCH_MAX_BATCH, max_wait_time=BENCH_MOSEC_WAIT_MS)`` (Mosec's unit: integer
 milliseconds; 5 ms by default, where the independent comparison of issue 12 found Mosec best, rather than our
-2 ms window), one worker process (one model instance), like the service's single batcher. Mosec's ``/metrics`` reports its own batch sizes.
+2 ms window), ``num=BENCH_INSTANCES`` worker processes (Mosec's ``num``: "the number of processes for
+parallel computing"), each with its own Pipeline (ORT session, ``BENCH_ORT_THREADS`` threads): the same N x T as
+the service's instances. Mosec's ``/metrics`` reports its own batch sizes.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def main() -> None:
     server = Server()
     server.append_worker(
         Classify,
-        num=1,
+        num=s.instances,
         max_batch_size=s.max_batch_size,
         max_wait_time=max(1, math.ceil(float(os.environ.get("BENCH_MOSEC_WAIT_MS", s.max_delay_ms)))),
         route="/predict",

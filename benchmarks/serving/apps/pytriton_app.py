@@ -7,8 +7,10 @@ Model ``classify``: input ``image`` BYTES ``[-1, 1]`` (one encoded image per row
 ``[-1, 1]`` (the service's JSON document). Clients send KServe v2 binary requests
 (``POST /v2/models/classify/infer``, ``Inference-Header-Content-Length``) with the PNG as the raw tensor
 bytes, and read the document from ``outputs[0].data[0]``. Batching: Triton's dynamic batcher,
-``max_batch_size=BENCH_MAX_BATCH``, ``max_queue_delay_microseconds=BENCH_DELAY_MS * 1000``, one model
-instance. Triton's metrics (``nv_inference_exec_count``) are on ``BENCH_METRICS_PORT``.
+``max_batch_size=BENCH_MAX_BATCH``, ``max_queue_delay_microseconds=BENCH_DELAY_MS * 1000``, BENCH_INSTANCES
+model instances: ``bind(infer_func=[...])`` with one callable per instance ("list of inference callable for multi
+instance model", PyTriton 0.7.0's ``Triton.bind``; it sets the CPU ``instance_group`` count), each with its own
+Pipeline (ORT session, ``BENCH_ORT_THREADS`` threads), served by threads of this one Python process. Triton's metrics (``nv_inference_exec_count``) are on ``BENCH_METRICS_PORT``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def make_infer(pipeline: Pipeline):  # noqa: ANN201 (PyTriton wraps the callable
 def main() -> None:
     """Start Triton on BENCH_HOST:BENCH_PORT (HTTP), BENCH_GRPC_PORT and BENCH_METRICS_PORT."""
     s = AppSettings.from_env()
-    pipeline = Pipeline(s)
+    infer_funcs = [make_infer(Pipeline(s)) for _ in range(s.instances)]  # one ORT session per instance
     config = TritonConfig(
         http_address=s.host,
         http_port=s.port,
@@ -55,7 +57,7 @@ def main() -> None:
     with Triton(config=config, workspace=os.environ.get("BENCH_WORKSPACE")) as triton:
         triton.bind(
             model_name=MODEL,
-            infer_func=make_infer(pipeline),
+            infer_func=infer_funcs,
             inputs=[Tensor(name="image", dtype=bytes, shape=(1,))],
             outputs=[Tensor(name="result", dtype=bytes, shape=(1,))],
             config=ModelConfig(
