@@ -14,6 +14,10 @@
   future, so nothing one client sends can fail another client's request. If the model call itself raises,
   every request in that batch fails with a 500 (the model is broken, not the request).
 - A request larger than ``max_batch_size`` is split into several queue items and reassembled in order.
+- :meth:`DynamicBatcher.submit_rows` answers with a :class:`BatchRows`: the request's rows *and* the whole model
+  call's output with a memo shared by every request of that call, so per-row work (calibration, top-k) can run
+  once per batch as one vectorised call (``service/inference.py``); :meth:`DynamicBatcher.submit` answers the
+  rows alone.
 
 The batcher knows nothing about HTTP, FastAPI or ONNX Runtime; tests drive it with a plain numpy function.
 """
@@ -33,7 +37,7 @@ import numpy as np
 
 from service.errors import DeadlineExceeded, Overloaded, ServiceError, Unavailable
 
-__all__ = ["DynamicBatcher", "BatchObserver", "NullObserver", "RunBatch"]
+__all__ = ["DynamicBatcher", "BatchRows", "BatchObserver", "NullObserver", "RunBatch"]
 
 log = logging.getLogger("rescom.service.batcher")
 
@@ -72,11 +76,35 @@ class NullObserver:
         """Ignore a rejection."""
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class BatchRows:
+    """One request's answer: rows ``start:stop`` of the output of the model call that ran it.
+
+    Attributes:
+        batch: the whole call's output ``[n, C]``, shared by every request of the call (read-only by contract).
+        start: first row of this request in ``batch``.
+        stop: one past its last row.
+        memo: a dict shared by the requests of the call, for work done once per call and sliced per request
+            (e.g. calibrated probabilities ``[n, C]`` keyed by the calibration); ``None`` when the request was
+            split across several calls (``batch`` is then its own rows, concatenated).
+    """
+
+    batch: np.ndarray
+    start: int
+    stop: int
+    memo: dict[object, object] | None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """This request's output rows ``[stop - start, C]``."""
+        return self.batch[self.start : self.stop]
+
+
 @dataclass(eq=False, slots=True)
 class _Item:
     x: np.ndarray  # [k, H, W, 3], k <= max_batch_size
     rows: int
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[BatchRows]
     enqueued: float  # loop.time()
     timer: asyncio.TimerHandle | None = None
     queued: bool = field(default=True)  # False once taken, expired or dropped
@@ -186,7 +214,7 @@ class DynamicBatcher:
 
     async def submit_prepared(
         self, rows: int, prepare: Callable[[], Awaitable[np.ndarray]], timeout_s: float | None = None
-    ) -> np.ndarray:
+    ) -> BatchRows:
         """Admit a request of ``rows`` rows, prepare its input (decoding) and queue it: the admission steps.
 
         Room is checked before ``prepare`` runs (an overloaded queue rejects a request before it costs a
@@ -198,6 +226,9 @@ class DynamicBatcher:
             prepare: coroutine function returning ``[rows, ...]``.
             timeout_s: deadline while queued (as :meth:`submit`).
 
+        Returns:
+            The request's rows of the model output, with the call's shared output (:meth:`submit_rows`).
+
         Raises:
             Overloaded, DeadlineExceeded, Unavailable, ServiceError: as :meth:`submit`; whatever ``prepare`` raises.
         """
@@ -208,12 +239,21 @@ class DynamicBatcher:
         except BaseException:
             self.withdraw()
             raise
-        return await self.submit(x, timeout_s=timeout_s, announced=True)
+        return await self.submit_rows(x, timeout_s=timeout_s, announced=True)
 
     async def submit(
         self, x: np.ndarray, timeout_s: float | None = None, announced: bool = False
     ) -> np.ndarray:
         """Queue ``x`` (``[k, ...]``, already preprocessed) and wait for its model output ``[k, C]``.
+
+        The same as :meth:`submit_rows`, answering the rows alone.
+        """
+        return (await self.submit_rows(x, timeout_s=timeout_s, announced=announced)).rows
+
+    async def submit_rows(
+        self, x: np.ndarray, timeout_s: float | None = None, announced: bool = False
+    ) -> BatchRows:
+        """Queue ``x`` (``[k, ...]``, already preprocessed) and wait for its rows of the model output.
 
         Args:
             x: one request's rows; more than ``max_batch_size`` rows are split across batches.
@@ -253,7 +293,8 @@ class DynamicBatcher:
             if len(items) == 1:
                 return await items[0].future
             parts = await asyncio.gather(*(item.future for item in items))
-            return np.concatenate(parts)  # [rows, C]
+            joined = np.concatenate([part.rows for part in parts])  # [rows, C]
+            return BatchRows(joined, 0, rows, None)
         except BaseException:
             for item in items:  # cancelled (client gone) or a part failed: free the queue slots at once
                 self._dequeue(item)
@@ -420,9 +461,10 @@ class DynamicBatcher:
             self._running.discard(task)
             self._worker_free.set()
         offset = 0
+        memo: dict[object, object] = {}  # one per model call, shared by its requests
         for item in batch:
             if not item.future.done():  # the client may have gone away meanwhile
-                item.future.set_result(y[offset : offset + item.rows])
+                item.future.set_result(BatchRows(y, offset, offset + item.rows, memo))
             offset += item.rows
 
     def _call(self, xs: list[np.ndarray], n: int) -> np.ndarray:

@@ -7,6 +7,13 @@ front end (gRPC) calls the same functions with the same arguments: the service s
 The one place where the calibration of ``p = softmax(z / T + b + log π)`` is resolved: :func:`parse_calibration`
 validates the options before any expensive work and fixes ``T`` and ``b``; :func:`calibrate` looks up ``π``
 (uniform, ``π_train``, the adaptive EM estimate ``π_t`` or the client's weights) and applies it.
+
+Calibration and ranking run once per model call, not once per request: :func:`rank_rows` calibrates the whole
+call's logits ``[n, C]`` in one vectorised numpy call for the first request of the call that needs a given
+``(π, T, b)`` and slices it for the others (the batcher's :class:`~service.batcher.BatchRows` memo). Rows are
+calibrated independently, so a row's result does not depend on its neighbours: the answers equal offline
+ONNX Runtime + :func:`rescom.calibration.calibrated_probs` either way. Requests whose ``π`` changes from request
+to request (the adaptive estimate, the client's own weights) are calibrated alone.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from rescom.calibration import calibrated_probs
+from service.batcher import BatchRows
 from service.errors import PayloadTooLarge
 from service.images import INLINE_DECODE_PIXELS, decode_opened, decoded_pixels, open_images
 from service.priors import PriorChoice, parse_prior, parse_temperature, parse_top_k, temperature_class_bias
@@ -30,6 +38,9 @@ __all__ = [
     "Calibration",
     "parse_calibration",
     "calibrate",
+    "Ranked",
+    "rank",
+    "rank_rows",
     "infer_pixels",
     "predict_encoded",
     "predict_response",
@@ -78,6 +89,64 @@ async def calibrate(
     return calibrated_probs(
         logits, temperature=calibration.temperature, prior=pi, class_bias=calibration.class_bias
     )  # [n, C]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Classes of each image ranked by calibrated probability, highest first (stable on ties).
+
+    Attributes:
+        classes: class ids ``[n, C]`` int64.
+        probs: their probabilities ``[n, C]`` float64, descending along each row.
+    """
+
+    classes: np.ndarray
+    probs: np.ndarray
+
+    def rows(self, start: int, stop: int) -> Ranked:
+        """Rows ``start:stop`` (views, no copy)."""
+        return Ranked(self.classes[start:stop], self.probs[start:stop])
+
+
+def rank(probs: np.ndarray) -> Ranked:
+    """Rank the classes of probabilities ``[n, C]``: ``argsort`` descending, stable, and the sorted values."""
+    order = np.argsort(-probs, axis=1, kind="stable")  # [n, C]
+    return Ranked(order, np.take_along_axis(probs, order, axis=1))  # [n, C], [n, C]
+
+
+def _shared_key(calibration: Calibration) -> tuple[object, ...] | None:
+    """What makes two requests of one model call share their calibration; ``None`` when it cannot be shared.
+
+    Every request of a call leases the same model version, so ``π_train`` and the fitted ``b`` are that version's
+    arrays: the prior's kind, ``T`` and whether ``b`` is applied identify the calibration. The adaptive estimate
+    and client weights may differ from one request to the next.
+    """
+    if calibration.prior.kind not in ("uniform", "train"):
+        return None
+    return (
+        "calibration",
+        calibration.prior.kind,
+        calibration.temperature,
+        calibration.class_bias is not None,
+    )
+
+
+async def rank_rows(
+    state: ServiceState, served: ServedModel, answer: BatchRows, calibration: Calibration
+) -> Ranked:
+    """Calibrate and rank one request's rows of a model call, computing once per call where it can be shared.
+
+    Returns:
+        The request's rows ``[k, C]`` of ``rank(softmax(z / T + b + log π))``.
+    """
+    key = _shared_key(calibration)
+    if key is None or answer.memo is None:
+        return rank(await calibrate(state, served, answer.rows, calibration))
+    whole = answer.memo.get(key)
+    if not isinstance(whole, Ranked):  # the first request of this call with this calibration
+        whole = rank(await calibrate(state, served, answer.batch, calibration))  # [n, C]
+        answer.memo[key] = whole
+    return whole.rows(answer.start, answer.stop)
 
 
 async def infer_pixels(
@@ -142,23 +211,19 @@ async def predict_encoded(
         )  # [n, crop, crop, 3]
 
     with state.request_stats.timed(served.name, served.version):  # Triton's statistics extension
-        logits = await served.batcher.submit_prepared(
-            len(blobs), prepare, settings.request_timeout_s
-        )  # [n, C]
-        probs = await calibrate(state, served, logits, calibration)  # [n, C]
-    state.registry.adaptive(served.name).observe(logits)
-    return predict_response(served, probs, k, calibration)
+        answer = await served.batcher.submit_prepared(len(blobs), prepare, settings.request_timeout_s)
+        ranked = await rank_rows(state, served, answer, calibration)  # [n, C]
+    state.registry.adaptive(served.name).observe(answer.rows)
+    return predict_response(served, ranked, k, calibration)
 
 
-def predict_response(
-    served: ServedModel, probs: np.ndarray, k: int, calibration: Calibration
-) -> dict[str, Any]:
-    """The ``/predict`` JSON body for probabilities ``[n, C]``: top-``k`` classes per image (stable order)."""
+def predict_response(served: ServedModel, ranked: Ranked, k: int, calibration: Calibration) -> dict[str, Any]:
+    """The ``/predict`` JSON body: the top-``k`` classes of each image (:func:`rank` order)."""
     names = served.spec.class_names
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [n, k]
-    scores = np.take_along_axis(probs, order, axis=1).tolist()  # [n, k]
+    order = ranked.classes[:, :k].tolist()  # [n, k]
+    scores = ranked.probs[:, :k].tolist()  # [n, k]
     predictions = []
-    for idx, sc in zip(order.tolist(), scores, strict=True):
+    for idx, sc in zip(order, scores, strict=True):
         top = [{"label": names[c], "class_id": c, "score": s} for c, s in zip(idx, sc, strict=True)]
         predictions.append({"label": names[idx[0]], "class_id": idx[0], "score": sc[0], "top_k": top})
     return {

@@ -153,6 +153,32 @@ def test_zero_delay_runs_what_is_queued_and_batches_while_busy():
     assert fake.sizes == [1, 5]
 
 
+def test_requests_of_one_call_share_its_output_and_memo():
+    """submit_rows: every request of a model call sees the whole output and one memo, and its own rows."""
+    fake = Recorder()
+
+    async def main():
+        b = make(fake, max_queue_delay_s=5.0)
+        await b.start()
+        answers = await asyncio.gather(*(b.submit_rows(item(i, rows=2)) for i in range(4)))
+        split = await make_split_call(b)
+        await b.close(1)
+        return answers, split
+
+    async def make_split_call(b: DynamicBatcher):
+        return await b.submit_rows(np.concatenate([item(i) for i in range(10)]))  # 10 rows > batch of 8
+
+    answers, split = run(main())
+    assert fake.sizes[0] == 8
+    assert all(a.batch is answers[0].batch and a.memo is answers[0].memo for a in answers)
+    assert answers[0].memo == {}
+    for i, a in enumerate(answers):
+        assert (a.start, a.stop) == (2 * i, 2 * i + 2)
+        np.testing.assert_array_equal(a.rows[:, 0], [12 * i, 12 * i])  # its own rows
+    assert split.memo is None and (split.start, split.stop) == (0, 10)  # spans two calls: nothing to share
+    np.testing.assert_array_equal(split.rows[:, 0], 12 * np.arange(10))
+
+
 def test_large_request_is_split_and_reassembled():
     fake = Recorder()
 

@@ -271,6 +271,53 @@ def test_requests_are_batched_under_concurrency(url: str, client: httpx.Client):
     assert metric_value(text, "rescom_request_duration_seconds_count", route="/predict") >= 48
 
 
+MIXED_OPTIONS = [
+    ({}, TEMPERATURE, None),
+    ({"prior": "train"}, TEMPERATURE, "train"),
+    ({"temperature": "false"}, 1.0, None),
+    ({"prior": "train", "temperature": "2.5"}, 2.5, "train"),
+    ({"prior": "[1,1,1,1,1,2,2,2,2,2]"}, TEMPERATURE, np.array([1] * 5 + [2] * 5) / 15),
+]
+
+
+def test_each_request_of_a_batch_keeps_its_own_calibration(url: str, client: httpx.Client):
+    """Calibration runs once per model call and calibration (service/inference.py:rank_rows): requests batched
+    together with different priors and temperatures must still each get softmax(z / T + b + log π) with theirs."""
+    counts = json.loads(
+        client.get("/v2/models/tiny/config").json()["parameters"]["class_counts"]["string_value"]
+    )
+    images = random_images(40, seed=17)
+    logits = logits_of(client, images)  # [40, C]
+    cases = [(i, *MIXED_OPTIONS[i % len(MIXED_OPTIONS)]) for i in range(len(images))]
+    batches_before = metric_value(client.get("/metrics").text, "rescom_batch_size_count", model="tiny")
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as ac:
+            return await asyncio.gather(
+                *(
+                    ac.post(
+                        "/predict",
+                        params={"top_k": 10, **params},
+                        content=encode(images[i]),
+                        headers={"Content-Type": "image/png"},
+                    )
+                    for i, params, _, _ in cases
+                )
+            )
+
+    responses = asyncio.run(burst())
+    batches = (
+        metric_value(client.get("/metrics").text, "rescom_batch_size_count", model="tiny") - batches_before
+    )
+    assert batches < len(images), "no two requests shared a model call: the test checks nothing"
+    for (i, _, temperature, prior), r in zip(cases, responses, strict=True):
+        assert r.status_code == 200, r.text
+        pi = prior_from_counts(counts) if isinstance(prior, str) else prior
+        expected = calibrated_probs(logits[i : i + 1], temperature, pi)[0]
+        # 1e-5: float32 logits of a batch of 40 vs of the call the request ran in; a mixed-up π or T is ~1e-1
+        np.testing.assert_allclose(scores_by_class(r.json()["predictions"][0]), expected, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 PNG = encode(IMAGES[0])
