@@ -51,6 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from rescom import model_repository as mr  # noqa: E402
 from rescom.preprocess import resize_center_crop  # noqa: E402
+from rescom_dev.machine import describe_machine, load_average  # noqa: E402
+from rescom_dev.results import command_line  # noqa: E402
 from rescom_dev.servers import free_port, service_process  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -463,9 +465,47 @@ def run_phase(args, url: str, work: Workload, model: str, label: str) -> dict:
     }
 
 
+def markdown_report(summary: dict) -> str:
+    """``serve_load.md``: the command, the machine and its load, then the phases and ratios of ``summary``."""
+    m = summary["machine"]
+    lines = [
+        "# serve_load",
+        "",
+        f"- command: `{summary['command']}`",
+        f"- machine: {m['cpu']} ({m['usable_cpus']} usable CPUs, {m['memory_gib']} GiB), Python {m['python']}",
+        f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {summary['load_average_end']}",
+        f"- model: {summary['model']}; images: {summary['images']}; concurrency {summary['concurrency']}; "
+        f"max batch {summary['max_batch_size']}; {summary['instances']} model instance(s) x {summary['threads']} "
+        f"ORT thread(s); providers {summary['providers']} (service ran on {summary['service_provider']})",
+        "",
+        "| phase | img/s | p50 ms | p99 ms | mean batch | errors | accuracy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, ph in summary["phases"].items():
+        acc = "n/a" if ph["accuracy"] is None else f"{ph['accuracy']:.2f} %"
+        lines.append(
+            f"| service, {label} | {ph['img_per_s']:.1f} | {ph['p50_ms']:.2f} | {ph['p99_ms']:.2f} | "
+            f"{ph['mean_batch']:.2f} | {ph['errors']} | {acc} |"
+        )
+    lines += [
+        f"| raw ONNX Runtime, batch {summary['max_batch_size']}, {summary['instances']} x {summary['threads']} "
+        f"threads (as the service), no decode, no HTTP | {summary['raw_ort_img_per_s']:.1f} | | | | | |",
+        f"| raw ONNX Runtime, one session with all cores | {summary['raw_ort_single_session_img_per_s']:.1f} "
+        "| | | | | |",
+        "",
+    ]
+    if "service_vs_raw" in summary:
+        lines.append(f"- service / raw ORT (same layout): {100 * summary['service_vs_raw']:.1f} %")
+    if "batching_speedup" in summary:
+        lines.append(f"- batching / no batching: {summary['batching_speedup']:.2f}x")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from service.config import usable_cpus
+
+    machine = describe_machine()
 
     extra_env = dict(item.partition("=")[::2] for item in args.env)
     instances, threads = layout(args, extra_env)
@@ -570,7 +610,11 @@ def main(argv: list[str] | None = None) -> int:
                 summary["batching_speedup"] = speedup
                 print(f"[bench] batching / no batching: {speedup:.2f}x (target >= 1.8x)")
         if args.json:
+            summary["machine"] = machine
+            summary["command"] = command_line()
+            summary["load_average_end"] = [round(x, 2) for x in load_average()]
             Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+            Path(args.json).with_suffix(".md").write_text(markdown_report(summary))
         if args.providers != "auto" and not args.url and service_provider != raw_provider:
             print(f"[bench] FAIL: the service ran on {service_provider}, not {raw_provider}", file=sys.stderr)
             return 1
