@@ -114,14 +114,18 @@ def rank(probs: np.ndarray) -> Ranked:
     return Ranked(order, np.take_along_axis(probs, order, axis=1))  # [n, C], [n, C]
 
 
-def _shared_key(calibration: Calibration) -> tuple[object, ...] | None:
-    """What makes two requests of one model call share their calibration; ``None`` when it cannot be shared.
+def _shared_key(calibration: Calibration, fitted_temperature: float) -> tuple[object, ...] | None:
+    """What makes two requests of one model call share their calibration; ``None`` when it is not shared.
 
     Every request of a call leases the same model version, so ``π_train`` and the fitted ``b`` are that version's
-    arrays: the prior's kind, ``T`` and whether ``b`` is applied identify the calibration. The adaptive estimate
-    and client weights may differ from one request to the next.
+    arrays: the prior's kind, ``T`` and whether ``b`` is applied identify the calibration. Shared are only the
+    uniform and training priors with the fitted ``T`` or ``T = 1`` (at most four keys per call, so requests
+    with many different options cannot make each call's rows be calibrated many times over); the adaptive
+    estimate, client weights and other temperatures are calibrated per request.
     """
     if calibration.prior.kind not in ("uniform", "train"):
+        return None
+    if calibration.temperature not in (fitted_temperature, 1.0):
         return None
     return (
         "calibration",
@@ -139,7 +143,7 @@ async def rank_rows(
     Returns:
         The request's rows ``[k, C]`` of ``rank(softmax(z / T + b + log π))``.
     """
-    key = _shared_key(calibration)
+    key = _shared_key(calibration, served.spec.fitted_temperature)
     if key is None or answer.memo is None:
         return rank(await calibrate(state, served, answer.rows, calibration))
     whole = answer.memo.get(key)
