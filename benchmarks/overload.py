@@ -2,7 +2,8 @@
 
     python benchmarks/overload.py                      # bundled models/digits_lt, ~1-2 min on 2 cores
     python benchmarks/overload.py --total 2000         # quicker
-    python benchmarks/overload.py --json out.json      # also write the figures
+    python benchmarks/overload.py --json out.json      # also write the figures (out.json + out.md)
+    python benchmarks/overload.py --render-only benchmarks/results/overload.json   # rewrite the .md from the JSON
 
 What it does (bounded: ``--total`` requests in all, every phase time-limited):
 
@@ -49,6 +50,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rescom import model_repository as mr  # noqa: E402
+from rescom_dev.machine import describe_machine, load_average  # noqa: E402
+from rescom_dev.results import command_line  # noqa: E402
 from rescom_dev.servers import free_port, service_process  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- server
@@ -233,7 +236,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--total", type=int, default=20_000, help="requests in all phases together")
     p.add_argument("--connections", type=int, default=256, help="most client connections at once")
     p.add_argument("--max-rss-growth-mib", type=float, default=64.0, help="fail beyond this RSS growth")
-    p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument(
+        "--json", default=None, help="also write the figures to this file, and the Markdown next to it"
+    )
+    p.add_argument(
+        "--render-only",
+        metavar="JSON",
+        default=None,
+        help="measure nothing: write the Markdown next to this JSON of an earlier run",
+    )
     p.add_argument("--env", action="append", default=[], help="extra RESCOM_X=Y for the server (repeatable)")
     return p.parse_args(argv)
 
@@ -302,8 +313,9 @@ def run(args: argparse.Namespace) -> dict:
         **dict(item.partition("=")[::2] for item in args.env),
     }
     report: dict = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "cpus": len(os.sched_getaffinity(0)),
+        "machine": describe_machine(),
     }
     try:
         import uvloop
@@ -359,6 +371,7 @@ def run(args: argparse.Namespace) -> dict:
         transport_errors=sum(p.transport_errors for p in phases),
         rss_growth_mib=report["rss_after_total_mib"] - report["rss_before_mib"],
         max_rss_growth_mib=args.max_rss_growth_mib,
+        load_average_end=[round(x, 2) for x in load_average()],
     )
     bad_5xx = {k: v for k, v in statuses.items() if k >= 500 and k not in (503, 504)}
     failures = []
@@ -421,12 +434,75 @@ def print_report(r: dict) -> None:
     print("[overload] OK" if r["ok"] else "[overload] FAILED: " + "; ".join(r["failures"]))
 
 
+def _statuses(counts: dict) -> str:
+    """``{"200": 582, "503": 10}`` as ``200 x582, 503 x10``."""
+    return ", ".join(f"{status} x{n}" for status, n in sorted(counts.items()))
+
+
+def _machine_lines(r: dict) -> list[str]:
+    """The machine and load-average lines of the Markdown; runs before they were recorded say so."""
+    m = r.get("machine")
+    if m is None:
+        return [
+            f"- machine: not recorded by this run ({r['cpus']} usable CPUs); rerun the command to record it",
+            "- load average: not recorded by this run; rerun the command to record it",
+        ]
+    return [
+        f"- machine: {m['cpu']} ({m['usable_cpus']} usable CPUs, {m['memory_gib']} GiB), Python {m['python']}",
+        f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {r['load_average_end']}",
+    ]
+
+
+def markdown_report(r: dict) -> str:
+    """``overload.md``: the command, the machine and its load, then the phases and the checks of report ``r``."""
+    b = r["burst"]
+    capacity = f"{r['capacity_per_s']:.0f} req/s" if "capacity_per_s" in r else "not measured (--rate given)"
+    lines = [
+        "# overload",
+        "",
+        f"- command: `{r['command']}`",
+        *_machine_lines(r),
+        "",
+        "| phase | sent | seconds | statuses | sent late |",
+        "| --- | ---: | ---: | --- | ---: |",
+        *(
+            f"| {p['name']} | {p['sent']} | {p['seconds']:.1f} | {_statuses(p['statuses'])} | {p['late']} |"
+            for p in r["phases"]
+        ),
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| capacity (closed loop, no rejections) | {capacity} |",
+        f"| burst: offered / target | {b['offered_per_s']:.0f} / {r['target_rate_per_s']:.0f} req/s for "
+        f"{b['seconds']:.1f} s |",
+        f"| burst + soak: served / rejected 503 / expired 504 | {r['served']} / {r['rejected_503']} / "
+        f"{r['expired_504']} of {r['overload_phases_sent']} |",
+        f"| 503 without Retry-After, connection errors | {r['missing_retry_after']}, {r['transport_errors']} |",
+        f"| rejections answered in p50 / p99 | {r['reject_p50_ms']:.1f} / {r['reject_p99_ms']:.1f} ms |",
+        f"| admitted p50 / p99 / max (queue deadline {r['deadline_ms']:.0f} ms) | {r['admitted_p50_ms']:.1f} / "
+        f"{r['admitted_p99_ms']:.1f} / {r['admitted_max_ms']:.1f} ms |",
+        f"| server RSS before / after the burst / after all | {r['rss_before_mib']:.1f} / "
+        f"{r['rss_after_burst_mib']:.1f} / {r['rss_after_total_mib']:.1f} MiB |",
+        f"| RSS growth (bound) | {r['rss_growth_mib']:+.1f} MiB ({r['max_rss_growth_mib']:.0f} MiB) |",
+        f"| healthy afterwards | {r['healthy_after']} |",
+        "",
+        "OK" if r["ok"] else "FAILED: " + "; ".join(r["failures"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        source = Path(args.render_only)
+        source.with_suffix(".md").write_text(markdown_report(json.loads(source.read_text())))
+        print(f"[overload] wrote {source.with_suffix('.md')} from {source} (nothing measured)")
+        return 0
     report = run(args)
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).with_suffix(".md").write_text(markdown_report(report))
     return 0 if report["ok"] else 1
 
 

@@ -69,3 +69,20 @@ def test_overload_sheds_with_503_retry_after_and_stays_healthy(tmp_path: Path, c
     assert 300 <= report["requests"] <= 400
     assert report["rss_before_mib"] > 0 and report["rss_after_total_mib"] > 0
     assert "[overload] OK" in printed and "rejections answered in p50" in printed
+    md = out.with_suffix(".md").read_text()  # written next to the JSON: command, machine, load, figures
+    assert md.startswith("# overload\n") and "- load average (1, 5, 15 min) at start" in md
+    assert f"| {report['served']} / {report['rejected_503']} / {report['expired_504']} of" in md
+
+
+def test_render_only_writes_the_markdown_of_a_committed_run(tmp_path: Path):
+    """``--render-only`` measures nothing; a run recorded before machine/load were kept says they are missing."""
+    overload = _load_script()
+    source = tmp_path / "overload.json"
+    source.write_text((ROOT / "benchmarks" / "results" / "overload.json").read_text())
+    record = json.loads(source.read_text())
+    assert overload.main(["--render-only", str(source)]) == 0
+    md = source.with_suffix(".md").read_text()
+    assert f"- command: `{record['command']}`" in md
+    if "machine" not in record:
+        assert "- load average: not recorded by this run" in md
+    assert f"{record['burst']['offered_per_s']:.0f} / {record['target_rate_per_s']:.0f} req/s" in md
