@@ -114,11 +114,12 @@ results-train: setup  ## digits-LT methods + wall time, ResCom step overhead, iN
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/loss_scale.py
 
-results-serve: setup  ## service load vs raw ONNX Runtime, overload, the side-by-side serving comparison, per-request costs
+results-serve: setup  ## service load vs raw ONNX Runtime, overload, the side-by-side serving comparison, per-request costs, SIGTERM under load
 	$(BIN)/python benchmarks/serve_load.py --json benchmarks/results/serve_load.json
 	$(BIN)/python benchmarks/overload.py --json benchmarks/results/overload.json
 	$(BIN)/python benchmarks/serving/run_all.py
 	$(BIN)/python benchmarks/request_costs.py
+	$(BIN)/python benchmarks/hostile.py --only sigterm
 
 docs-figures: setup  ## regenerate docs/evaluation/*.png (bundled model) and docs/screenshots/*.png (needs chromium)
 	rm -rf runs/docs-report

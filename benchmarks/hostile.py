@@ -47,6 +47,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rescom import model_repository as mr  # noqa: E402
+from rescom_dev.machine import describe_machine  # noqa: E402
+from rescom_dev.results import write_result  # noqa: E402
 from rescom_dev.servers import free_port, service_process  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -390,7 +392,7 @@ def reload_under_load(models: Path, seconds: float) -> None:
             )
 
 
-def sigterm_once(models: Path, tiny: bytes) -> str:
+def sigterm_once(models: Path, tiny: bytes) -> dict:
     """One run: 32 clients, a new connection per request, SIGTERM after 1.5 s; what happened to each request."""
     with service(models) as (proc, port):
         answered: Counter = Counter()
@@ -418,19 +420,44 @@ def sigterm_once(models: Path, tiny: bytes) -> str:
         timer.start()
         run_parallel(32, client)
         code = proc.wait(60)
-    return (
-        f"answered {dict(answered)}, refused at connect {failures['refused at connect']}, "
-        f"dropped {failures['dropped']}, exit status {code}"
-    )
+    return {
+        "answered": {str(k): v for k, v in answered.items()},
+        "refused_at_connect": failures["refused at connect"],
+        "dropped": failures["dropped"],
+        "exit_status": code,
+    }
 
 
 def sigterm_runs(models: Path, runs: int) -> None:
+    """``runs`` SIGTERM runs; printed, and written to ``benchmarks/results/hostile_sigterm.{json,md}``."""
+    machine = describe_machine()
     tiny = small_png()
+    rows = []
     for run in range(runs):
+        row = sigterm_once(models, tiny)
+        rows.append(row)
         print(
-            f"SIGTERM run {run + 1} (defaults, 32 clients, fresh connections): {sigterm_once(models, tiny)}",
+            f"SIGTERM run {run + 1} (defaults, 32 clients, fresh connections): answered {row['answered']}, "
+            f"refused at connect {row['refused_at_connect']}, dropped {row['dropped']}, "
+            f"exit status {row['exit_status']}",
             flush=True,
         )
+    table = [
+        "SIGTERM after 1.5 s under 32 clients, each request on a fresh connection, the service's defaults "
+        "(`RESCOM_SHUTDOWN_DELAY_S` 5 s). Dropped = a request sent on an accepted connection that got no answer; "
+        "refused at connect = the listener was already closed (the client retries elsewhere).",
+        "",
+        "| run | answered (status: count) | refused at connect | dropped | exit status |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
+    for i, row in enumerate(rows, 1):
+        answered = ", ".join(f"{k}: {v}" for k, v in sorted(row["answered"].items()))
+        table.append(
+            f"| {i} | {answered} | {row['refused_at_connect']} | {row['dropped']} | {row['exit_status']} |"
+        )
+    total = sum(row["dropped"] for row in rows)
+    table += ["", f"Dropped in all {len(rows)} runs: **{total}**."]
+    write_result("hostile_sigterm", {"runs": rows, "dropped_total": total}, "\n".join(table), machine)
 
 
 def main() -> None:
