@@ -30,7 +30,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.responses import dumps
 
-__all__ = ["ConnectionLimits", "limited_protocol", "error_bytes"]
+__all__ = ["ConnectionLimits", "WholeResponseWriter", "limited_protocol", "error_bytes"]
 
 IDLE_GRACE_S = 1.0  # at shutdown: how long a connection without a request may still start one
 
@@ -190,6 +190,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._disarm()
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = WholeResponseWriter(self.transport, self.cycle)  # type: ignore[assignment]
         if self.cycle is not None and (self._shutting_down or self.limits.draining()):
             self.cycle.keep_alive = False  # answered with Connection: close
         self._body_pending = (
@@ -284,9 +286,61 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         """A response was sent; while shutting down, close the connection once nothing is pipelined."""
+        cycle = self.cycle
+        if cycle is not None and isinstance(cycle.transport, WholeResponseWriter):
+            cycle.transport.flush()  # a HEAD answer has no body write to carry its head
         super().on_response_complete()
         if self._shutting_down and not self.transport.is_closing() and not self.pipeline:
             self.transport.close()
+
+
+class WholeResponseWriter:
+    """The transport as one request's response cycle sees it: the response head goes out with the first body write.
+
+    uvicorn writes a response's status line and headers in one ``write`` and its body in the next. Two writes cost
+    two system calls and two TCP segments, and a process killed between them leaves a client (or a load balancer)
+    with a complete head and no body: an answer that has started cannot be retried elsewhere. Holding the head
+    until the body's first bytes makes a small response one write, all or nothing. Anything written before the
+    response starts (``100 Continue``) goes out at once; ``close`` and the response's completion
+    (:meth:`LimitedHttpToolsProtocol.on_response_complete`) send a held head first. Every other attribute is the
+    real transport's.
+
+    Args:
+        transport: the connection's transport.
+        cycle: the request's response cycle (its ``response_started`` tells the head from what comes before).
+    """
+
+    __slots__ = ("_transport", "_cycle", "_head", "_head_seen")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._head_seen = False
+
+    def write(self, data: bytes) -> None:
+        """Hold the response head; send it with the next write."""
+        if not self._head_seen and self._cycle.response_started:
+            self._head_seen = True
+            self._head = bytes(data)
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send a held head now (a response without body writes: ``HEAD``, or one that completed empty)."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        """Send a held head, then close."""
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _refusal_behind(exc: BaseException | None) -> _Refused | None:

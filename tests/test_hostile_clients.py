@@ -453,3 +453,57 @@ def test_a_body_still_trickling_after_an_early_answer_is_cut_off(server):
                 s.sendall(b"x" * 100)
                 time.sleep(0.05)
         assert time.monotonic() - started < 3  # the server closed it after ~0.5 s
+
+
+# ---------------------------------------------------------------------------------------------- response writes
+
+
+def _one_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """Read one response with a Content-Length from a keep-alive socket: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        part = s.recv(65536)
+        assert part, f"connection closed after {data!r}"
+        data += part
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        part = s.recv(65536)
+        assert part, "connection closed inside the body"
+        body += part
+    return head, body
+
+
+def test_expect_100_continue_goes_out_before_the_response_head(server):
+    """The interim 100 is written before the response starts (service/protocol.py holds only a response's head
+    until its body): a client that waits for it before sending the body gets it, then the answer."""
+    _, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Type: image/png\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(PNG)
+        )
+        assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(PNG)
+        head, body = _one_response(s)
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["predictions"]
+
+
+def test_a_head_answer_and_the_next_request_share_a_connection(server):
+    """A HEAD answer has no body write to carry its head: it is still sent at once, and keep-alive goes on."""
+    _, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"HEAD /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            part = s.recv(65536)
+            assert part, "connection closed without an answer to HEAD"
+            head += part
+        assert head.startswith(b"HTTP/1.1 ") and head.endswith(b"\r\n\r\n"), head
+        s.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        head2, body2 = _one_response(s)
+        assert head2.startswith(b"HTTP/1.1 200") and body2
