@@ -15,7 +15,8 @@ Shutdown, on SIGTERM (``docker stop``, Kubernetes) or SIGINT (Ctrl-C):
    most ``drain_timeout_s`` in all, after which requests still running get a 503 with ``Retry-After``
    (:class:`service.errors.ShuttingDown`) instead of being dropped;
 4. the batchers and sessions close and the process exits (re-raising the signal, so the exit status is 143 on
-   SIGTERM). A second signal skips what is left of the delay.
+   SIGTERM; as PID 1 in a container, where the kernel ignores a signal left to its default action, it is 0).
+   A second signal skips what is left of the delay.
 """
 
 from __future__ import annotations
