@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:
 
 from rescom import model_repository as mr  # noqa: E402
 from rescom_dev.machine import describe_machine, load_average  # noqa: E402
-from rescom_dev.results import command_line  # noqa: E402
+from rescom_dev.results import command_line, machine_lines  # noqa: E402
 from rescom_dev.servers import free_port, service_process  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- server
@@ -447,10 +447,7 @@ def _machine_lines(r: dict) -> list[str]:
             f"- machine: not recorded by this run ({r['cpus']} usable CPUs); rerun the command to record it",
             "- load average: not recorded by this run; rerun the command to record it",
         ]
-    return [
-        f"- machine: {m['cpu']} ({m['usable_cpus']} usable CPUs, {m['memory_gib']} GiB), Python {m['python']}",
-        f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {r['load_average_end']}",
-    ]
+    return machine_lines(m, r["load_average_end"])
 
 
 def markdown_report(r: dict) -> str:

@@ -21,7 +21,6 @@ wall time over a fixed number of calls. Nothing else should run meanwhile: the l
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import threading
@@ -33,16 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the repository root holds rescom/, service/, rescom_dev/
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.serving.apps.pipeline import AppSettings, Pipeline  # noqa: E402
 from rescom.calibration import calibrated_probs, prior_from_counts  # noqa: E402
 from rescom.model_repository import METADATA_FILE  # noqa: E402
-from rescom.preprocess import resize_center_crop  # noqa: E402
 from rescom_dev.machine import describe_machine  # noqa: E402
 from rescom_dev.results import RESULTS, write_result  # noqa: E402
 from service.images import decode_opened, open_images  # noqa: E402
@@ -71,8 +69,9 @@ def load_pngs(limit: int) -> list[bytes]:
     return [f.read_bytes() for f in files]
 
 
-def decode_costs(blobs: list[bytes], resize: int, crop: int) -> dict[str, float]:
-    """Microseconds per image for the service's decode and for the bare Pillow path."""
+def decode_costs(blobs: list[bytes], pipeline: Pipeline) -> dict[str, float]:
+    """Microseconds per image for the service's decode and for the peers' bare Pillow path."""
+    resize, crop = pipeline.resize, pipeline.crop
 
     def service_path() -> None:
         for data in blobs:
@@ -81,9 +80,7 @@ def decode_costs(blobs: list[bytes], resize: int, crop: int) -> dict[str, float]
 
     def bare_pillow() -> None:
         for data in blobs:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                resize_center_crop(img, resize, crop, exif_transpose=True)
+            pipeline.decode(data)
 
     def catch_warnings_block() -> None:
         for _ in blobs:
@@ -136,22 +133,23 @@ def response_costs(meta: dict[str, Any], batch: int = 32, top_k: int = 5) -> dic
     return out
 
 
-def engine_layout(onnx_file: Path, crop: int, calls: int = 60) -> list[dict[str, Any]]:
-    """ORT alone, batch 32: 1 session x 2 threads vs 2 sessions x 1 thread (called concurrently)."""
-    x = np.random.default_rng(0).integers(0, 256, (32, crop, crop, 3), dtype=np.uint8)  # [32, H, W, 3]
+def engine_layout(calls: int = 60) -> list[dict[str, Any]]:
+    """ORT alone, batch 32: 1 session x 2 threads vs 2 sessions x 1 thread (called concurrently).
+
+    The sessions are the peer servers' (:class:`benchmarks.serving.apps.pipeline.Pipeline`), whose options are
+    the service's.
+    """
     rows = []
     for sessions, threads in ((1, 2), (2, 1)):
-        pool = [_session(onnx_file, threads) for _ in range(sessions)]
-        name = pool[0].get_inputs()[0].name
-        for s in pool:
-            s.run(None, {name: x})  # warm
+        pool = [Pipeline(AppSettings(model_dir=MODEL_DIR, ort_threads=threads)) for _ in range(sessions)]
+        x = np.random.default_rng(0).integers(0, 256, (32, pool[0].crop, pool[0].crop, 3), dtype=np.uint8)
 
-        def loop(s: ort.InferenceSession, feed: dict[str, np.ndarray]) -> None:
+        def loop(p: Pipeline, x: np.ndarray = x) -> None:
             for _ in range(calls):
-                s.run(None, feed)
+                p.session.run([p.output_name], {p.input_name: x})  # [32, C]
 
         cpu0, t0 = time.process_time(), time.perf_counter()
-        workers = [threading.Thread(target=loop, args=(s, {name: x})) for s in pool]
+        workers = [threading.Thread(target=loop, args=(p,)) for p in pool]
         for w in workers:
             w.start()
         for w in workers:
@@ -167,17 +165,6 @@ def engine_layout(onnx_file: Path, crop: int, calls: int = 60) -> list[dict[str,
             }
         )
     return rows
-
-
-def _session(onnx_file: Path, threads: int) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_file), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def table(figures: dict[str, Any]) -> str:
@@ -211,11 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     machine = describe_machine()
     meta = json.loads((MODEL_DIR / METADATA_FILE).read_text())
-    resize, crop = int(meta["preprocess"]["resize"]), int(meta["preprocess"]["crop"])
     figures = {
-        "decode": decode_costs(load_pngs(args.images), resize, crop),
+        "decode": decode_costs(load_pngs(args.images), Pipeline(AppSettings(model_dir=MODEL_DIR))),
         "response": response_costs(meta),
-        "engine_layout": engine_layout(MODEL_DIR / meta.get("onnx", {}).get("file", "model.onnx"), crop),
+        "engine_layout": engine_layout(),
     }
     body = table(figures)
     print(body)

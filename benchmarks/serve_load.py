@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from rescom import model_repository as mr  # noqa: E402
 from rescom.preprocess import resize_center_crop  # noqa: E402
 from rescom_dev.machine import describe_machine, load_average  # noqa: E402
-from rescom_dev.results import command_line  # noqa: E402
+from rescom_dev.results import command_line, machine_lines  # noqa: E402
 from rescom_dev.servers import free_port, service_process  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -467,13 +467,11 @@ def run_phase(args, url: str, work: Workload, model: str, label: str) -> dict:
 
 def markdown_report(summary: dict) -> str:
     """``serve_load.md``: the command, the machine and its load, then the phases and ratios of ``summary``."""
-    m = summary["machine"]
     lines = [
         "# serve_load",
         "",
         f"- command: `{summary['command']}`",
-        f"- machine: {m['cpu']} ({m['usable_cpus']} usable CPUs, {m['memory_gib']} GiB), Python {m['python']}",
-        f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {summary['load_average_end']}",
+        *machine_lines(summary["machine"], summary["load_average_end"]),
         f"- model: {summary['model']}; images: {summary['images']}; concurrency {summary['concurrency']}; "
         f"max batch {summary['max_batch_size']}; {summary['instances']} model instance(s) x {summary['threads']} "
         f"ORT thread(s); providers {summary['providers']} (service ran on {summary['service_provider']})",

@@ -32,6 +32,20 @@ def command_line() -> str:
     return " ".join([*env, shlex.join(["python", *args])])
 
 
+def machine_lines(machine: dict[str, Any], load_average_end: list[float]) -> list[str]:
+    """The Markdown lines that say where a figure was measured: the machine, and its load at start and end.
+
+    Args:
+        machine: :func:`rescom_dev.machine.describe_machine`, taken when the measurement started.
+        load_average_end: :func:`rescom_dev.machine.load_average` when it ended.
+    """
+    m = machine
+    return [
+        f"- machine: {m['cpu']} ({m['usable_cpus']} usable CPUs, {m['memory_gib']} GiB), Python {m['python']}",
+        f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {load_average_end}",
+    ]
+
+
 def write_result(
     name: str, figures: dict[str, Any], table_md: str, machine: dict[str, Any], out_dir: Path = RESULTS
 ) -> tuple[Path, Path]:

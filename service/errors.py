@@ -20,7 +20,9 @@ ServiceError (500)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "ServiceError",
@@ -34,6 +36,7 @@ __all__ = [
     "Overloaded",
     "ShuttingDown",
     "DeadlineExceeded",
+    "load_json",
 ]
 
 
@@ -139,3 +142,17 @@ class DeadlineExceeded(ServiceError):
     """The request waited in the queue longer than its deadline (504)."""
 
     status_code = 504
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """Decode the JSON of a request part; every way it can fail is a :class:`BadRequest` naming ``what``.
+
+    Raises:
+        BadRequest: invalid JSON or UTF-8, nesting too deep for the decoder, an integer with too many digits.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise BadRequest(f"{what} is not valid JSON: nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
+        raise BadRequest(f"{what} is not valid JSON: {err}") from None

@@ -14,15 +14,15 @@ Buffers are checked out per call, so concurrent calls (``RESCOM_INSTANCES`` > 1)
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import logging
 import threading
 import weakref
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from service.providers import load_shared_library
 
 __all__ = ["BoundRunner", "PinnedAllocator"]
 
@@ -36,22 +36,15 @@ CUDA_HOST_ALLOC_PORTABLE = (
 
 def _load_cudart() -> ctypes.CDLL | None:
     """The CUDA runtime library (already loaded by ``onnxruntime.preload_dlls()`` or in an nvidia wheel)."""
-    candidates = list(CUDART_SONAMES)
-    spec = importlib.util.find_spec("nvidia")
-    if spec is not None and spec.submodule_search_locations:
-        for folder in spec.submodule_search_locations:
-            candidates += sorted(str(p) for p in Path(folder).glob("*/lib/libcudart.so*"))
-    for name in candidates:
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        lib.cudaHostAlloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint]
-        lib.cudaHostAlloc.restype = ctypes.c_int
-        lib.cudaFreeHost.argtypes = [ctypes.c_void_p]
-        lib.cudaFreeHost.restype = ctypes.c_int
-        return lib
-    return None
+    found = load_shared_library(CUDART_SONAMES, "nvidia", "*/lib/libcudart.so*")
+    if found is None:
+        return None
+    lib = found[1]
+    lib.cudaHostAlloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint]
+    lib.cudaHostAlloc.restype = ctypes.c_int
+    lib.cudaFreeHost.argtypes = [ctypes.c_void_p]
+    lib.cudaFreeHost.restype = ctypes.c_int
+    return lib
 
 
 class PinnedAllocator:

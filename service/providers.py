@@ -30,6 +30,7 @@ __all__ = [
     "TENSORRT",
     "ProviderError",
     "cuda_options",
+    "load_shared_library",
     "provider_list",
     "tensorrt_libraries",
     "tensorrt_options",
@@ -119,17 +120,31 @@ def tensorrt_libraries() -> str | None:
     Also looks in the ``tensorrt_libs`` wheel (``pip install tensorrt``); loading it globally is what lets
     ONNX Runtime's TensorRT provider find it later.
     """
-    candidates = list(NVINFER_SONAMES)
-    spec = importlib.util.find_spec("tensorrt_libs")
+    found = load_shared_library(NVINFER_SONAMES, "tensorrt_libs", "libnvinfer.so*", mode=ctypes.RTLD_GLOBAL)
+    return None if found is None else found[0]
+
+
+def load_shared_library(
+    sonames: Sequence[str], package: str, pattern: str, mode: int = ctypes.DEFAULT_MODE
+) -> tuple[str, ctypes.CDLL] | None:
+    """The first shared library that loads, with its name.
+
+    Tried in order: ``sonames`` (the loader's search path), then files matching ``pattern`` inside the installed
+    Python package ``package`` (the nvidia-* and tensorrt wheels ship the libraries there).
+
+    Returns:
+        ``(name, library)``, or ``None`` when none loads.
+    """
+    candidates = list(sonames)
+    spec = importlib.util.find_spec(package)
     if spec is not None and spec.submodule_search_locations:
         for folder in spec.submodule_search_locations:
-            candidates += sorted(str(p) for p in Path(folder).glob("libnvinfer.so*"))
+            candidates += sorted(str(p) for p in Path(folder).glob(pattern))
     for name in candidates:
         try:
-            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            return name, ctypes.CDLL(name, mode=mode)
         except OSError:
             continue
-        return name
     return None
 
 

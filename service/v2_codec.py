@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest, PayloadTooLarge, load_json
 from service.registry import ServedModel
 
 __all__ = [
@@ -292,12 +292,7 @@ def parse_json_request(header: bytes, binary: memoryview) -> V2Request:
     """
     if not header:
         raise BadRequest("empty request body; send a KServe v2 inference request")
-    try:
-        req = json.loads(header)
-    except RecursionError:
-        raise BadRequest("inference request header is not valid JSON: nested too deeply") from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
-        raise BadRequest(f"inference request header is not valid JSON: {err}") from None
+    req = load_json(header, "inference request header")
     if not isinstance(req, dict):
         raise BadRequest("inference request must be a JSON object")
     params = req.get("parameters") or {}

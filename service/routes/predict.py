@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +20,7 @@ from starlette.responses import Response
 
 from service.auth import OPENAPI_SECURITY, check_api_key
 from service.config import Settings
-from service.errors import BadRequest, ServiceError, Unprocessable, UnsupportedMediaType
+from service.errors import BadRequest, ServiceError, Unprocessable, UnsupportedMediaType, load_json
 from service.inference import predict_encoded
 from service.responses import json_response
 from service.schemas import PRIOR_DOC, TEMPERATURE_DOC, ErrorResponse, PredictJSONRequest, PredictResponse
@@ -191,12 +190,7 @@ async def _read_multipart(request: Request, settings: Settings) -> list[bytes]:
 
 
 def _parse_json(body: bytes) -> tuple[list[bytes], dict[str, Any]]:
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        raise BadRequest("request body is not valid JSON: nested too deeply") from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
-        raise BadRequest(f"request body is not valid JSON: {err}") from None
+    payload = load_json(body, "request body")
     try:
         req = PredictJSONRequest.model_validate(payload)
     except ValidationError as err:
