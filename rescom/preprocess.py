@@ -8,12 +8,34 @@ Normalisation (mean/std) is not done here: it happens inside the exported ONNX g
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-__all__ = ["to_rgb", "resize_center_crop", "resized_size", "reduce_for", "decoded_bytes_per_pixel"]
+__all__ = ["to_rgb", "upright", "resize_center_crop", "resized_size", "reduce_for", "decoded_bytes_per_pixel"]
 
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # rescaled to 8 bits by :func:`to_rgb`
 ROWS_PER_CHUNK = 256  # rows of a wide-mode image converted at a time (bounds the float64 temporaries)
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that shows the image upright (the table of ``ImageOps.exif_transpose``)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def upright(img: Image.Image, orientation_of: Image.Image | None = None) -> Image.Image:
+    """``img`` turned by the EXIF orientation tag of ``orientation_of`` (default: ``img`` itself).
+
+    The same pixels as ``ImageOps.exif_transpose``, without its copy of an image that is already upright (the
+    common case, and a measurable share of decoding a small image). ``orientation_of`` lets a shrunk copy be
+    turned by the tag of the file it came from.
+    """
+    transpose = _UPRIGHT.get((orientation_of or img).getexif().get(EXIF_ORIENTATION, 1))
+    return img if transpose is None else img.transpose(transpose)
 
 
 def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
@@ -112,7 +134,7 @@ def resize_center_crop(
     if crop <= 0 or crop > resize:
         raise ValueError(f"crop must be in 1..resize ({resize}), got {crop}")
     if exif_transpose:
-        img = ImageOps.exif_transpose(img)
+        img = upright(img)
     img = to_rgb(img)
     w, h = resized_size(img.width, img.height, resize)
     if (w, h) != img.size:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rescom.preprocess import decoded_bytes_per_pixel, reduce_for, resize_center_crop
+from rescom.preprocess import decoded_bytes_per_pixel, reduce_for, resize_center_crop, upright
 from service.errors import PayloadTooLarge, Unprocessable
 
 __all__ = [
@@ -43,20 +43,10 @@ __all__ = [
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 INLINE_DECODE_PIXELS = 128 * 128  # a request with fewer pixels in all is decoded on the event loop
-# EXIF orientation tag -> the transpose that shows the image upright (what ImageOps.exif_transpose does).
 # The explicit limits (``max_pixels``, ``max_decoded_bytes``) decide, not Pillow's warning threshold. One
 # process-wide filter, set once: ``warnings.catch_warnings()`` per image costs a few microseconds, and it swaps
 # the global filter list, which is not safe while the decoding pool runs other images in other threads.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 @dataclass
@@ -161,10 +151,7 @@ def _decode_one(o: OpenedImage, resize: int, crop: int) -> np.ndarray:
         small = reduce_for(img, resize)
         if small is img:
             return resize_center_crop(img, resize, crop, exif_transpose=True)  # [crop, crop, 3]
-        transpose = _ORIENTATION.get(img.getexif().get(0x0112, 1))
-        if transpose is not None:
-            small = small.transpose(transpose)
-        return resize_center_crop(small, resize, crop)  # [crop, crop, 3]
+        return resize_center_crop(upright(small, orientation_of=img), resize, crop)  # [crop, crop, 3]
     except Image.DecompressionBombError as err:
         raise PayloadTooLarge(f"{o.label}: {err} (RESCOM_MAX_IMAGE_PIXELS)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
