@@ -10,6 +10,10 @@
 - The model call ``run_batch(x [n, H, W, 3]) -> [n, C]`` runs in the batcher's own worker thread(s), so the
   event loop never blocks. With the default single worker, calls never overlap (ONNX Runtime already uses all
   cores inside one call); ``workers=N`` lets N calls run at once, like N Triton model instances.
+- The workers take their batches from the queue themselves (Triton's and Mosec's model instances pull their
+  work too): a worker that finishes a call starts the next one at once, without waiting for the event loop,
+  which may be busy reading and decoding a burst of requests. The event loop only queues requests and hands
+  out the answers; the queue is shared under a lock.
 - Requests are validated and preprocessed before :meth:`DynamicBatcher.submit`; each request has its own
   future, so nothing one client sends can fail another client's request. If the model call itself raises,
   every request in that batch fails with a 500 (the model is broken, not the request).
@@ -27,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,8 +109,9 @@ class _Item:
     x: np.ndarray  # [k, H, W, 3], k <= max_batch_size
     rows: int
     future: asyncio.Future[BatchRows]
-    enqueued: float  # loop.time()
-    timer: asyncio.TimerHandle | None = None
+    enqueued: float  # time.monotonic()
+    timer: asyncio.TimerHandle | None = None  # the deadline; cancelled on the event loop only
+    waited: float = 0.0  # seconds in the queue, set when a worker takes it
     queued: bool = field(default=True)  # False once taken, expired or dropped
 
 
@@ -115,13 +120,14 @@ class DynamicBatcher:
 
     Args:
         run_batch: the model call, ``uint8 [n, H, W, 3] -> float32 [n, C]`` with ``n <= max_batch_size``; runs
-            in the batcher's own worker thread.
+            in the batcher's own worker threads.
         max_batch_size: most rows per call.
-        max_queue_delay_s: longest time the oldest queued request waits for the batch to fill (0 = no wait:
-            run whatever is queued as soon as the model is free).
+        max_queue_delay_s: longest time the oldest queued request waits for the batch to fill while more
+            requests are on their way (announced, still decoding); 0 = no wait: run whatever is queued as soon as
+            a worker is free.
         max_queue_size: most rows waiting; a request that would exceed it is rejected (503).
-        name: used in logs, errors and the worker thread's name.
-        observer: receives statistics (see :class:`BatchObserver`).
+        name: used in logs, errors and the worker threads' names.
+        observer: receives statistics (see :class:`BatchObserver`); called from the worker threads too.
         retry_after_s: ``Retry-After`` seconds suggested to rejected clients.
         workers: model calls that may run at once (Triton's instance count), each in its own worker thread.
             With 1 the next batch forms while the model is busy; with 2 a batch can start while another runs
@@ -156,17 +162,14 @@ class DynamicBatcher:
         self.observer: BatchObserver = observer or NullObserver()
         self.retry_after_s = retry_after_s
         self.workers = workers
-        self._running: set[asyncio.Task[None]] = set()  # batches being run
-        self._worker_free = asyncio.Event()
+        self._ready = threading.Condition(threading.Lock())  # guards everything below it
         self._queue: collections.deque[_Item] = collections.deque()
         self._rows = 0  # rows of queued items
         self._incoming = 0  # requests admitted (decoding) but not submitted yet
-        self._wakeup = asyncio.Event()
-        self._idle = True  # the loop waits for an empty queue to get its first item
+        self._running: list[list[_Item]] = []  # batches in a model call now
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------------------------------------ public
 
@@ -176,24 +179,25 @@ class DynamicBatcher:
         return self._rows
 
     async def start(self) -> None:
-        """Start the batching loop on the running event loop (idempotent)."""
-        if self._task is not None:
+        """Start the worker threads, answering on the running event loop (idempotent)."""
+        if self._threads:
             return
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.workers, thread_name_prefix=f"batcher-{self.name}"
-        )
-        self._task = self._loop.create_task(self._run(), name=f"batcher-{self.name}")
+        for i in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"batcher-{self.name}-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def announce(self) -> None:
         """A request is on its way (decoding); the window may wait for it. ``submit(announced=True)`` ends it."""
-        self._incoming += 1
+        with self._ready:
+            self._incoming += 1
 
     def withdraw(self) -> None:
         """An announced request will not be submitted (it failed before)."""
-        self._incoming -= 1
-        if self._incoming == 0 and self._queue:
-            self._wakeup.set()
+        with self._ready:
+            self._incoming -= 1
+            self._ready.notify()
 
     def check_room(self, rows: int) -> None:
         """Refuse at once when ``rows`` more rows would not fit in the queue now.
@@ -266,8 +270,71 @@ class DynamicBatcher:
             Unavailable: the batcher is not running or is shutting down (503).
             ServiceError: the model call failed (500).
         """
+        items = self._enqueue(x, timeout_s, announced)
+        try:
+            if len(items) == 1:
+                return await items[0].future
+            parts = await asyncio.gather(*(item.future for item in items))
+            joined = np.concatenate([part.rows for part in parts])  # [rows, C]
+            return BatchRows(joined, 0, int(x.shape[0]), None)
+        except BaseException:
+            with self._ready:  # cancelled (client gone) or a part failed: free the queue slots at once
+                for item in items:
+                    self._dequeue(item)
+            for item in items:
+                self._cancel_timer(item)
+                if not item.future.done():
+                    item.future.cancel()
+            self.observer.on_depth(self._rows)
+            raise
+
+    def submit_nowait(self, x: np.ndarray, timeout_s: float | None = None) -> asyncio.Future[BatchRows]:
+        """Queue ``x`` (``[k, ...]``, ``k <= max_batch_size``) and return the future of its rows, without awaiting.
+
+        For callers driven by callbacks (the protocol-level ``POST /predict``): the same admission and errors as
+        :meth:`submit_rows`, raised at once or set on the future (a cancelled future's rows are skipped).
+
+        Raises:
+            ValueError: ``k`` is 0 or above ``max_batch_size``.
+            Overloaded, Unavailable: as :meth:`submit_rows`.
+        """
+        if not 1 <= int(x.shape[0]) <= self.max_batch_size:
+            raise ValueError(f"submit_nowait() takes 1..{self.max_batch_size} rows, got {x.shape[0]}")
+        (item,) = self._enqueue(x, timeout_s, announced=False)
+        return item.future
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Stop taking requests, run what is queued (up to ``timeout_s``), then stop the workers.
+
+        Requests still queued after the timeout, and those in a model call that is still running, fail with
+        :class:`~service.errors.Unavailable` (a running call cannot be interrupted; its answer is dropped).
+        """
+        with self._ready:
+            self._closing = True
+            self._ready.notify_all()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._join), timeout_s)
+        except TimeoutError:
+            log.warning("model %r: drain timed out after %.1f s; failing what is left", self.name, timeout_s)
+        shutting_down = Unavailable(f"model {self.name!r} is shutting down; retry on another replica")
+        with self._ready:
+            left = list(self._queue) + [item for batch in self._running for item in batch]
+            self._queue.clear()
+            self._rows = 0
+        for item in left:
+            item.queued = False
+            self._cancel_timer(item)
+            if not item.future.done():
+                item.future.set_exception(shutting_down)
+        self.observer.on_depth(0)
+
+    # ------------------------------------------------------------------------------------------------ admission
+
+    def _enqueue(self, x: np.ndarray, timeout_s: float | None, announced: bool) -> list[_Item]:
+        """Admit ``x`` and queue it in chunks of at most ``max_batch_size`` rows (every submit's admission)."""
         if announced:
-            self._incoming -= 1
+            with self._ready:
+                self._incoming -= 1
         if self._closing or self._loop is None:
             raise Unavailable(f"model {self.name!r} is not accepting requests (shutting down or not started)")
         rows = int(x.shape[0])
@@ -275,116 +342,97 @@ class DynamicBatcher:
             raise ValueError("submit() needs at least one row")
         self.check_room(rows)
         loop = self._loop
-        now = loop.time()
+        now = time.monotonic()
         step = self.max_batch_size
         items = []
         for start in range(0, rows, step):
             chunk = x[start : start + step]
             item = _Item(chunk, int(chunk.shape[0]), loop.create_future(), now)
             if timeout_s is not None:
-                item.timer = loop.call_at(now + timeout_s, self._expire, item, timeout_s)
+                item.timer = loop.call_later(timeout_s, self._expire, item, timeout_s)
             items.append(item)
-            self._queue.append(item)
-        self._rows += rows
+        with self._ready:
+            self._queue.extend(items)
+            self._rows += rows
+            self._ready.notify()
         self.observer.on_depth(self._rows)
-        if self._idle or self._rows >= self.max_batch_size or self._incoming == 0:
-            self._wakeup.set()
-        try:
-            if len(items) == 1:
-                return await items[0].future
-            parts = await asyncio.gather(*(item.future for item in items))
-            joined = np.concatenate([part.rows for part in parts])  # [rows, C]
-            return BatchRows(joined, 0, rows, None)
-        except BaseException:
-            for item in items:  # cancelled (client gone) or a part failed: free the queue slots at once
-                self._dequeue(item)
-                if not item.future.done():
-                    item.future.cancel()
-            self.observer.on_depth(self._rows)
-            raise
+        return items
 
-    async def close(self, timeout_s: float | None = None) -> None:
-        """Stop taking requests, run what is queued (up to ``timeout_s``), then stop the loop and the worker.
-
-        Requests still queued after the timeout fail with :class:`~service.errors.Unavailable`.
-        """
-        self._closing = True
-        self._wakeup.set()
-        task = self._task
-        if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
-            except TimeoutError:
-                log.warning(
-                    "model %r: drain timed out after %.1f s; cancelling the batching loop",
-                    self.name,
-                    timeout_s,
+    def _expire(self, item: _Item, timeout_s: float) -> None:
+        """The deadline timer of a request (event loop): fail it if it is still queued."""
+        item.timer = None
+        with self._ready:
+            if not item.queued:
+                return
+            self._dequeue(item)
+        self.observer.on_depth(self._rows)
+        if not item.future.done():
+            self.observer.on_reject("timeout")
+            item.future.set_exception(
+                DeadlineExceeded(
+                    f"request waited {timeout_s:.3g} s in the queue of model {self.name!r} without being scheduled; "
+                    "the server is overloaded or the deadline is too short"
                 )
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
-        self._fail_queued(Unavailable(f"model {self.name!r} is shutting down; retry on another replica"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            )
 
-    # ------------------------------------------------------------------------------------------------ loop
+    def _dequeue(self, item: _Item) -> None:
+        """Take ``item`` out of the queue's count (lock held); it stays in the deque until a worker passes it."""
+        if item.queued:
+            item.queued = False
+            self._rows -= item.rows
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
+    @staticmethod
+    def _cancel_timer(item: _Item) -> None:
+        """Cancel the deadline timer (event loop only: timer handles are not thread-safe)."""
+        if item.timer is not None:
+            item.timer.cancel()
+            item.timer = None
+
+    # ------------------------------------------------------------------------------------------------ workers
+
+    def _work(self) -> None:
+        """A worker thread: take a batch, run the model, hand the answers to the event loop; until closed."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            n = sum(item.rows for item in batch)
+            start = time.perf_counter()
+            try:
+                y = self._call([item.x for item in batch], n)  # [n, C]
+            except Exception:
+                log.exception("model %r: inference failed for a batch of %d images", self.name, n)
+                y = None
+            seconds = time.perf_counter() - start
+            with self._ready:
+                self._running.remove(batch)
+            try:
+                loop.call_soon_threadsafe(self._deliver, batch, y, n, seconds)
+            except RuntimeError:  # the event loop is closed: nobody is waiting any more
+                return
+
+    def _next_batch(self) -> list[_Item] | None:
+        """Block until a batch should run (full, window over, nothing more announced, or closing); None: stop."""
+        with self._ready:
             while True:
                 self._prune_head()
                 if not self._queue:
                     if self._closing:
-                        if self._running:
-                            await asyncio.gather(*self._running, return_exceptions=True)
-                        return
-                    self._idle = True
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+                        return None
+                    self._ready.wait()
                     continue
-                self._idle = False
                 if self._rows < self.max_batch_size and not self._closing and self._incoming > 0:
                     # The window starts when the oldest queued request arrived.
-                    remaining = self._queue[0].enqueued + self.max_queue_delay_s - loop.time()
+                    remaining = self._queue[0].enqueued + self.max_queue_delay_s - time.monotonic()
                     if remaining > 0:
-                        self._wakeup.clear()
-                        try:
-                            async with asyncio.timeout(remaining):
-                                await self._wakeup.wait()
-                        except TimeoutError:
-                            pass
+                        self._ready.wait(remaining)
                         continue
-                if len(self._running) >= self.workers:
-                    # Every worker is busy: requests keep queueing and the next batch takes them all.
-                    self._worker_free.clear()
-                    await self._worker_free.wait()
-                    continue
-                batch = self._take(loop.time())
+                batch = self._take(time.monotonic())
                 if batch:
-                    # Hand the batch to the worker thread now, not in the task's first step: that step would
-                    # run only after every callback already queued on the loop (e.g. the previous batch's
-                    # responses), leaving the model idle meanwhile.
-                    n = sum(item.rows for item in batch)
-                    start = time.perf_counter()
-                    call = loop.run_in_executor(self._executor, self._call, [item.x for item in batch], n)
-                    task = loop.create_task(self._execute(batch, call, n, start))
-                    self._running.add(task)
-                    task.add_done_callback(self._batch_done)
-        except asyncio.CancelledError:
-            for task in self._running:
-                task.cancel()
-            raise
-        except Exception:  # a bug here must not leave clients hanging
-            log.exception("model %r: batching loop crashed", self.name)
-            self._closing = True
-            self._fail_queued(ServiceError(f"model {self.name!r}: internal batching error"))
-
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        self._worker_free.set()
+                    self._running.append(batch)
+                    return batch
 
     def _prune_head(self) -> None:
         """Drop expired and cancelled items at the head so the window starts at the oldest live request."""
@@ -395,16 +443,8 @@ class DynamicBatcher:
             self._queue.popleft()
             self._dequeue(item)
 
-    def _dequeue(self, item: _Item) -> None:
-        if item.queued:
-            item.queued = False
-            self._rows -= item.rows
-        if item.timer is not None:
-            item.timer.cancel()
-            item.timer = None
-
     def _take(self, now: float) -> list[_Item]:
-        """Pop live items in arrival order while they fit in one batch."""
+        """Pop live items in arrival order while they fit in one batch (lock held)."""
         batch: list[_Item] = []
         n = 0
         while self._queue:
@@ -417,55 +457,13 @@ class DynamicBatcher:
                 break
             self._queue.popleft()
             self._dequeue(item)
-            self.observer.on_queue_wait(now - item.enqueued)
+            item.waited = (
+                now - item.enqueued
+            )  # observed on the event loop (the worker's GIL time is precious)
             batch.append(item)
             n += item.rows
         self.observer.on_depth(self._rows)
         return batch
-
-    def _expire(self, item: _Item, timeout_s: float) -> None:
-        item.timer = None
-        if not item.queued:
-            return
-        self._dequeue(item)
-        self.observer.on_depth(self._rows)
-        if not item.future.done():
-            self.observer.on_reject("timeout")
-            item.future.set_exception(
-                DeadlineExceeded(
-                    f"request waited {timeout_s:.3g} s in the queue of model {self.name!r} without being scheduled; "
-                    "the server is overloaded or the deadline is too short"
-                )
-            )
-
-    async def _execute(
-        self, batch: list[_Item], call: asyncio.Future[np.ndarray], n: int, start: float
-    ) -> None:
-        try:
-            y = await call
-        except asyncio.CancelledError:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(Unavailable(f"model {self.name!r} is shutting down"))
-            raise
-        except Exception:
-            log.exception("model %r: inference failed for a batch of %d images", self.name, n)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(ServiceError(f"inference failed in model {self.name!r}"))
-            return
-        self.observer.on_batch(n, time.perf_counter() - start)
-        # Free the worker before waking the requests: the batching loop then starts the next batch first.
-        task = asyncio.current_task()
-        if task in self._running:
-            self._running.discard(task)
-            self._worker_free.set()
-        offset = 0
-        memo: dict[object, object] = {}  # one per model call, shared by its requests
-        for item in batch:
-            if not item.future.done():  # the client may have gone away meanwhile
-                item.future.set_result(BatchRows(y, offset, offset + item.rows, memo))
-            offset += item.rows
 
     def _call(self, xs: list[np.ndarray], n: int) -> np.ndarray:
         x = xs[0] if len(xs) == 1 else np.concatenate(xs)  # [n, H, W, 3]
@@ -474,11 +472,26 @@ class DynamicBatcher:
             raise RuntimeError(f"run_batch returned {getattr(y, 'shape', None)} for {n} input rows")
         return y
 
-    def _fail_queued(self, error: ServiceError) -> None:
-        while self._queue:
-            item = self._queue.popleft()
-            was_queued = item.queued
-            self._dequeue(item)
-            if was_queued and not item.future.done():
-                item.future.set_exception(error)
-        self.observer.on_depth(self._rows)
+    def _deliver(self, batch: list[_Item], y: np.ndarray | None, n: int, seconds: float) -> None:
+        """On the event loop: answer the requests of a finished call (or fail them with a 500)."""
+        if y is None:
+            failed = ServiceError(f"inference failed in model {self.name!r}")
+            for item in batch:
+                self._cancel_timer(item)
+                self.observer.on_queue_wait(item.waited)
+                if not item.future.done():
+                    item.future.set_exception(failed)
+            return
+        self.observer.on_batch(n, seconds)
+        offset = 0
+        memo: dict[object, object] = {}  # one per model call, shared by its requests
+        for item in batch:
+            self._cancel_timer(item)
+            self.observer.on_queue_wait(item.waited)
+            if not item.future.done():  # the client may have gone away meanwhile
+                item.future.set_result(BatchRows(y, offset, offset + item.rows, memo))
+            offset += item.rows
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            thread.join()
