@@ -197,6 +197,11 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(False, description="uvicorn access log (request counts are in /metrics anyway)")
+    protocol_fast_path: bool = Field(
+        True,
+        description="answer raw-body POST /predict from the connection protocol, without uvicorn's ASGI cycle "
+        "(same checks and answers; off: through the ASGI fast path, for comparison)",
+    )
 
     @field_validator("model_repository")
     @classmethod

@@ -25,7 +25,7 @@ from service.inference import predict_encoded
 from service.responses import dumps
 from service.routes.predict import EMPTY_BODY, is_raw_image, parse_query
 
-__all__ = ["PredictFastPath"]
+__all__ = ["PredictFastPath", "PredictCounters", "error_answer", "check_content_length", "ROUTE"]
 
 log = logging.getLogger("rescom.service")
 ROUTE = "/predict"
@@ -43,7 +43,7 @@ class PredictFastPath:
     def __init__(self, app: ASGIApp, fastapi_app: Any = None) -> None:
         self.app = app
         self.fastapi_app = fastapi_app  # set when this wraps the whole app (outside FastAPI's own middleware)
-        self._children: dict[tuple[int, int], tuple[Any, Any]] = {}
+        self.counters = PredictCounters()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point: answer a raw-body ``POST /predict`` here, hand anything else to ``app``."""
@@ -75,7 +75,7 @@ class PredictFastPath:
                     raise BadRequest(EMPTY_BODY)
                 status, payload = 200, dumps(await predict_encoded(state, served, [body], **options))
         except ServiceError as err:
-            status, payload, headers = err.status_code, dumps({"error": err.message}), err.headers
+            status, payload, headers = error_answer(err)
         except asyncio.CancelledError:  # still running when the graceful shutdown's drain timeout ran out
             log.warning("POST %s cancelled by the shutdown; answered 503", ROUTE)
             stopping = ShuttingDown()
@@ -94,17 +94,53 @@ class PredictFastPath:
         raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": payload})
-        metrics = state.metrics
+        self.counters.record(state.metrics, status, time.perf_counter() - start)
+
+
+class PredictCounters:
+    """``rescom_requests_total`` and ``rescom_request_duration_seconds`` of ``POST /predict``, children bound once.
+
+    Label lookups cost more than the increments, so each (metrics registry, status) pair is looked up once.
+    """
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+    def record(self, metrics: Any, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
         key = (id(metrics), status)
         children = self._children.get(key)
-        if children is None:  # label lookups cost more than the increments: bind once per status
+        if children is None:
             children = (
                 metrics.requests.labels(ROUTE, "POST", str(status)),
                 metrics.latency.labels(ROUTE, "POST"),
             )
             self._children[key] = children
         children[0].inc()
-        children[1].observe(time.perf_counter() - start)
+        children[1].observe(seconds)
+
+
+def error_answer(err: ServiceError) -> tuple[int, bytes, dict[str, str]]:
+    """``(status, JSON body, extra headers)`` of a :class:`ServiceError`, as every ``/predict`` path answers it."""
+    return err.status_code, dumps({"error": err.message}), dict(err.headers)
+
+
+def check_content_length(content_length: bytes | None, limit: int) -> None:
+    """Refuse a declared body above ``limit`` bytes before reading it.
+
+    Raises:
+        BadRequest: ``Content-Length`` is not an integer. PayloadTooLarge: it is above ``limit``.
+    """
+    if content_length is None:
+        return
+    try:
+        declared = int(content_length)
+    except ValueError:
+        raise BadRequest("Content-Length is not an integer") from None
+    if declared > limit:
+        raise PayloadTooLarge(
+            f"request body is {declared} bytes; the limit is {limit} (RESCOM_MAX_BODY_BYTES)"
+        )
 
 
 def _key(state: Any) -> SecretStr | None:
@@ -113,15 +149,7 @@ def _key(state: Any) -> SecretStr | None:
 
 async def _read_body(receive: Receive, content_length: bytes | None, limit: int) -> bytes:
     """The whole body, refusing more than ``limit`` bytes (from Content-Length at once, else while reading)."""
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            raise BadRequest("Content-Length is not an integer") from None
-        if declared > limit:
-            raise PayloadTooLarge(
-                f"request body is {declared} bytes; the limit is {limit} (RESCOM_MAX_BODY_BYTES)"
-            )
+    check_content_length(content_length, limit)
     chunks: list[bytes] = []
     size = 0
     while True:

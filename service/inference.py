@@ -29,7 +29,7 @@ import numpy as np
 from rescom.calibration import calibrated_probs
 from service.batcher import BatchRows
 from service.errors import PayloadTooLarge
-from service.images import INLINE_DECODE_PIXELS, decode_opened, decoded_pixels, open_images
+from service.images import INLINE_DECODE_PIXELS, OpenedImage, decode_opened, decoded_pixels, open_images
 from service.priors import PriorChoice, parse_prior, parse_temperature, parse_top_k, temperature_class_bias
 from service.registry import ServedModel
 from service.state import ServiceState
@@ -38,9 +38,14 @@ __all__ = [
     "Calibration",
     "parse_calibration",
     "calibrate",
+    "calibrate_now",
     "Ranked",
     "rank",
     "rank_rows",
+    "rank_rows_now",
+    "parse_predict_options",
+    "open_request_images",
+    "decode_inline",
     "infer_pixels",
     "predict_encoded",
     "predict_response",
@@ -78,14 +83,21 @@ async def calibrate(
     state: ServiceState, served: ServedModel, logits: np.ndarray, calibration: Calibration
 ) -> np.ndarray:
     """``softmax(z / T + b + log π)`` ``[n, C]`` float64 for logits ``z`` ``[n, C]``."""
-    kind = calibration.prior.kind
-    pi: np.ndarray | None
-    if kind == "adaptive":
+    if calibration.prior.kind == "adaptive":
         pi = await state.registry.adaptive(served.name).estimate(estimator=calibration.prior.estimator)
-    elif kind == "train":
-        pi = served.spec.train_prior
-    else:
-        pi = calibration.prior.weights  # None = uniform
+        return _calibrated(logits, calibration, pi)
+    return calibrate_now(served, logits, calibration)
+
+
+def calibrate_now(served: ServedModel, logits: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """:func:`calibrate` for every prior whose ``π`` is known without waiting (all but the adaptive estimate)."""
+    if calibration.prior.kind == "adaptive":
+        raise ValueError("the adaptive prior's π_t is estimated asynchronously; use calibrate()")
+    pi = served.spec.train_prior if calibration.prior.kind == "train" else calibration.prior.weights
+    return _calibrated(logits, calibration, pi)  # None = uniform
+
+
+def _calibrated(logits: np.ndarray, calibration: Calibration, pi: np.ndarray | None) -> np.ndarray:
     return calibrated_probs(
         logits, temperature=calibration.temperature, prior=pi, class_bias=calibration.class_bias
     )  # [n, C]
@@ -143,12 +155,19 @@ async def rank_rows(
     Returns:
         The request's rows ``[k, C]`` of ``rank(softmax(z / T + b + log π))``.
     """
+    if calibration.prior.kind == "adaptive":  # never shared: π_t moves from request to request
+        return rank(await calibrate(state, served, answer.rows, calibration))
+    return rank_rows_now(served, answer, calibration)
+
+
+def rank_rows_now(served: ServedModel, answer: BatchRows, calibration: Calibration) -> Ranked:
+    """:func:`rank_rows` without waiting, for every prior but the adaptive estimate."""
     key = _shared_key(calibration, served.spec.fitted_temperature)
     if key is None or answer.memo is None:
-        return rank(await calibrate(state, served, answer.rows, calibration))
+        return rank(calibrate_now(served, answer.rows, calibration))
     whole = answer.memo.get(key)
     if not isinstance(whole, Ranked):  # the first request of this call with this calibration
-        whole = rank(await calibrate(state, served, answer.batch, calibration))  # [n, C]
+        whole = rank(calibrate_now(served, answer.batch, calibration))  # [n, C]
         answer.memo[key] = whole
     return whole.rows(answer.start, answer.stop)
 
@@ -173,6 +192,26 @@ async def infer_pixels(
     return logits, probs
 
 
+def parse_predict_options(
+    state: ServiceState, served: ServedModel, images: int, top_k: Any, prior: Any, temperature: Any
+) -> tuple[int, Calibration]:
+    """Check a ``/predict`` request's options and image count before any decoding: ``(k, calibration)``.
+
+    Raises:
+        PayloadTooLarge: more than ``max_images_per_request`` images (413).
+        Unprocessable, BadRequest: an invalid option (as :func:`parse_calibration`).
+    """
+    settings = state.settings
+    k = parse_top_k(top_k, served.spec, settings.default_top_k)
+    calibration = parse_calibration(state, served, prior, temperature)
+    if images > settings.max_images_per_request:
+        raise PayloadTooLarge(
+            f"{images} images in one request; the limit is {settings.max_images_per_request} "
+            "(RESCOM_MAX_IMAGES_PER_REQUEST)"
+        )
+    return k, calibration
+
+
 async def predict_encoded(
     state: ServiceState,
     served: ServedModel,
@@ -192,24 +231,14 @@ async def predict_encoded(
             503 (queue full), 504 (deadline).
     """
     settings, spec = state.settings, served.spec
-    k = parse_top_k(top_k, spec, settings.default_top_k)
-    calibration = parse_calibration(state, served, prior, temperature)
-    if len(blobs) > settings.max_images_per_request:
-        raise PayloadTooLarge(
-            f"{len(blobs)} images in one request; the limit is {settings.max_images_per_request} "
-            "(RESCOM_MAX_IMAGES_PER_REQUEST)"
-        )
+    k, calibration = parse_predict_options(state, served, len(blobs), top_k, prior, temperature)
 
     async def prepare() -> np.ndarray:
-        opened = open_images(
-            blobs,
-            resize=spec.resize,
-            max_pixels=settings.max_image_pixels,
-            max_decoded_bytes=settings.max_decoded_bytes,
-        )
+        opened = open_request_images(state, served, blobs)
+        inline = decode_inline(served, opened)
+        if inline is not None:
+            return inline
         decode = functools.partial(decode_opened, opened, resize=spec.resize, crop=spec.crop)
-        if decoded_pixels(opened) <= INLINE_DECODE_PIXELS:
-            return decode()  # a thread hop costs more than decoding this little
         return await asyncio.get_running_loop().run_in_executor(
             state.decode_pool, decode
         )  # [n, crop, crop, 3]
@@ -219,6 +248,34 @@ async def predict_encoded(
         ranked = await rank_rows(state, served, answer, calibration)  # [n, C]
     state.registry.adaptive(served.name).observe(answer.rows)
     return predict_response(served, ranked, k, calibration)
+
+
+def open_request_images(
+    state: ServiceState, served: ServedModel, blobs: Sequence[bytes]
+) -> list[OpenedImage]:
+    """Read and check the headers of a request's images against the service's limits (no pixel decoded).
+
+    Raises:
+        Unprocessable, PayloadTooLarge: as :func:`service.images.open_images`.
+    """
+    settings = state.settings
+    return open_images(
+        blobs,
+        resize=served.spec.resize,
+        max_pixels=settings.max_image_pixels,
+        max_decoded_bytes=settings.max_decoded_bytes,
+    )
+
+
+def decode_inline(served: ServedModel, opened: Sequence[OpenedImage]) -> np.ndarray | None:
+    """Decode ``opened`` on the calling thread when they hold few pixels (``[n, crop, crop, 3]``), else ``None``.
+
+    A thread hop costs more than decoding under ``INLINE_DECODE_PIXELS`` pixels; larger requests go to the
+    decoding pool (the caller's choice, with the images still open).
+    """
+    if decoded_pixels(opened) > INLINE_DECODE_PIXELS:
+        return None
+    return decode_opened(opened, resize=served.spec.resize, crop=served.spec.crop)
 
 
 def predict_response(served: ServedModel, ranked: Ranked, k: int, calibration: Calibration) -> dict[str, Any]:

@@ -71,6 +71,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with :class:`ConnectionLimits` (set as ``limits`` by :func:`limited_protocol`)."""
 
     limits: ConnectionLimits = ConnectionLimits()
+    hot_route: Any = (
+        None  # answers some requests itself: ``cycle_for(protocol) -> cycle | None`` (service.hotpath)
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -186,9 +189,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        """Parser callback: the headers are in; stop the header timeout, note whether a body is expected."""
+        """Parser callback: the headers are in; stop the header timeout, note whether a body is expected.
+
+        A request the ``hot_route`` takes is answered by its own cycle (no ASGI task); any other goes to the app.
+        """
         self._in_headers = False
         self._disarm()
+        hot = self.hot_route.cycle_for(self) if self.hot_route is not None else None
+        if hot is not None:
+            self._body_pending = self._expects_body()  # before the cycle may answer (an early 401, say)
+            self._begin_hot(hot)
+            return
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = WholeResponseWriter(self.transport, self.cycle)  # type: ignore[assignment]
@@ -197,6 +208,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_pending = (
             self.cycle is not None and not self.cycle.response_complete and self._expects_body()
         )
+
+    def _begin_hot(self, cycle: Any) -> None:
+        """Start a hot-route cycle now, or queue it behind a pipelined request still being answered."""
+        if self._shutting_down or self.limits.draining():
+            cycle.keep_alive = False
+        previous, self.cycle = self.cycle, cycle
+        if previous is None or previous.response_complete:
+            cycle.start()
+        else:
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, None))  # type: ignore[arg-type]  # a hot cycle has no ASGI app
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """Start the next pipelined request: a hot-route cycle (queued with no app) on the next loop step."""
+        if app is None:
+            self.loop.call_soon(cycle.start)  # not nested in the previous answer's call stack
+        else:
+            super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         """Parser callback: the request is fully received; the next bytes start the next request."""
@@ -352,6 +381,7 @@ def _refusal_behind(exc: BaseException | None) -> _Refused | None:
     return None
 
 
-def limited_protocol(limits: ConnectionLimits) -> type[LimitedHttpToolsProtocol]:
-    """The protocol class for ``uvicorn.Config(http=...)`` with these limits."""
-    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+def limited_protocol(limits: ConnectionLimits, hot_route: Any = None) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)`` with these limits (and a route it answers itself)."""
+    attributes = {"limits": limits, "hot_route": hot_route}
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), attributes)

@@ -216,14 +216,23 @@ class ModelRegistry:
         Take it before reading the request body: a version swapped out meanwhile stays open until every lease
         on it has ended, then closes (:meth:`_retire`).
         """
-        served = self.get(name, version)
-        served.leases += 1
+        served = self.acquire(name, version)
         try:
             yield served
         finally:
-            served.leases -= 1
-            if served.retired and served.leases == 0 and served in self._retiring:
-                self._close_retired(served)
+            self.release(served)
+
+    def acquire(self, name: str | None = None, version: str | int | None = None) -> ServedModel:
+        """Take a lease without a ``with`` block (callback-driven requests); end it with :meth:`release` once."""
+        served = self.get(name, version)
+        served.leases += 1
+        return served
+
+    def release(self, served: ServedModel) -> None:
+        """End a lease taken with :meth:`acquire`; the last lease on a retired version closes it."""
+        served.leases -= 1
+        if served.retired and served.leases == 0 and served in self._retiring:
+            self._close_retired(served)
 
     def adaptive(self, name: str) -> AdaptivePrior:
         """The adaptive prior state of a served model.

@@ -37,6 +37,7 @@ from fastapi import FastAPI
 
 from service.config import Settings
 from service.fastpath import PredictFastPath
+from service.hotpath import PredictRoute
 from service.main import begin_drain
 from service.protocol import ConnectionLimits, limited_protocol
 
@@ -70,7 +71,9 @@ def server_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http=limited_protocol(connection_limits(settings, app)),
+        http=limited_protocol(
+            connection_limits(settings, app), PredictRoute(app) if settings.protocol_fast_path else None
+        ),
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
