@@ -8,7 +8,9 @@ Servers: our service (``python -m service``), Mosec, LitServe, BentoML and Trito
 virtual environment under ``benchmarks/serving/.envs/`` built from ``requirements-<name>.txt`` (exact pins).
 For each server: start on 127.0.0.1, wait for readiness, accuracy pass over every digits-LT test image (labels
 must equal offline ONNX Runtime), a short warm-up, then one wrk point per concurrency (closed loop, real PNG
-bodies), then stop. A raw ONNX Runtime reference (no HTTP) is measured in this process first.
+bodies), then stop. The repeated top concurrencies run in further rounds, every server restarted in each round
+(``--sequential``: all runs of a server at once). A raw ONNX Runtime reference (no HTTP) is measured in this
+process first and last.
 
 Writes ``<out>/serving.{md,json,png}`` (``--out`` defaults to ``benchmarks/results``); logs and wrk output go
 to ``<out>/raw/serving/``. Every server runs N model instances x T ORT threads (``--instances``,
@@ -82,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run our service from another checkout (its service/ and rescom/), e.g. to measure a patch",
     )
     p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="measure every run of a server before the next server (default: interleaved rounds)",
+    )
+    p.add_argument(
         "--render-only",
         action="store_true",
         help="rebuild serving.md and serving.png from --out/serving.json",
@@ -107,15 +114,30 @@ def children_cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def round_plans(cfg: BenchConfig, interleave: bool) -> list[list[tuple[int, int]]]:
+    """The (concurrency, run index) points of each round.
+
+    Without interleaving: one round with every run of every point. Interleaved: round 1 measures each
+    concurrency once; each further round restarts every server and measures the repeated concurrencies once
+    more, so that the drift of a shared machine over minutes reaches every server alike instead of favouring
+    the one measured first.
+    """
+    if not interleave:
+        return [[(c, r) for c in cfg.concurrencies for r in range(cfg.runs_at(c))]]
+    rounds = max(cfg.runs_at(c) for c in cfg.concurrencies)
+    first = [(c, 0) for c in cfg.concurrencies]
+    return [first] + [[(c, r) for c in cfg.concurrencies if cfg.runs_at(c) > r] for r in range(1, rounds)]
+
+
 def measure_points(
-    server: RunningServer, manifest: Path, cfg: BenchConfig, log: Path
+    server: RunningServer, manifest: Path, cfg: BenchConfig, log: Path, plan: list[tuple[int, int]]
 ) -> list[dict[str, Any]]:
-    """Warm up, then one wrk point per concurrency with batch statistics, server CPU and load."""
+    """Warm up, then one wrk point per ``(concurrency, run)`` of ``plan`` with batch statistics, CPU and load."""
     run_wrk(
         server.base_url, manifest, 16, cfg.warmup_s, threads=cfg.wrk_threads, timeout_s=cfg.timeout_s, log=log
     )
     points = []
-    for c, run in ((conc, r) for conc in cfg.concurrencies for r in range(cfg.runs_at(conc))):
+    for c, run in plan:
         before, cpu0 = server.batch_stats(), server.cpu_seconds()
         busy0, wrk0 = busy_cpu_seconds(), children_cpu_seconds()
         point = run_wrk(
@@ -171,17 +193,8 @@ def reference_run(settings: AppSettings, images: list[Image], cfg: BenchConfig, 
     return {**ref.to_dict(), "when": when, "load_1m": load_average()[0]}
 
 
-def run_server(
-    spec: ServerSpec,
-    model_dir: Path,
-    cfg: BenchConfig,
-    images: list[Image],
-    expected: list[Any],
-    manifests: dict[str, Path],
-    raw_dir: Path,
-    service_root: Path | None = None,
-) -> dict[str, Any]:
-    """Everything measured for one server; ``error`` says why when it could not run."""
+def new_entry(spec: ServerSpec, cfg: BenchConfig, service_root: Path | None) -> dict[str, Any]:
+    """The result record of one server, before any point."""
     entry: dict[str, Any] = {
         "title": spec.title,
         "notes": describe(spec, cfg),
@@ -193,31 +206,51 @@ def run_server(
     }
     if spec.key == "rescom" and service_root is not None:
         entry["notes"] += f"; service/ from {service_root}"
+    return entry
+
+
+def run_server(
+    spec: ServerSpec,
+    entry: dict[str, Any],
+    plan: list[tuple[int, int]],
+    model_dir: Path,
+    cfg: BenchConfig,
+    images: list[Image],
+    expected: list[Any] | None,
+    manifests: dict[str, Path],
+    raw_dir: Path,
+    service_root: Path | None = None,
+) -> None:
+    """Start one server, check its answers (when ``expected`` is given), measure ``plan`` into ``entry``.
+
+    ``entry["error"]`` says why when it could not run.
+    """
     print(f"== {spec.title}", flush=True)
     env = ensure_env(spec.key)
     if env.python is None:
         entry["error"] = f"install failed: {env.error}"
         print(f"   {entry['error']}", flush=True)
-        return entry
+        return
     entry["versions"] = package_versions(env.python, VERSION_PACKAGES.get(spec.key, []))
-    entry["load_1m_before"] = load_average()[0]
+    entry.setdefault("load_1m_before", load_average()[0])
     log = raw_dir / f"{spec.key}.log"
     wrk_log = raw_dir / f"{spec.key}.wrk.txt"
-    wrk_log.write_text("")
+    if expected is not None:
+        wrk_log.write_text("")
     try:
         with start_server(spec, env.python, model_dir, cfg, log, service_root) as server:
-            acc = check_server(server.base_url, spec.fmt, images, expected)
-            entry["accuracy"] = acc.to_dict()
-            print(
-                f"   accuracy pass: {acc.label_match}/{acc.images} labels as offline ORT, "
-                f"{acc.accuracy_pct:.1f}% top-1, {acc.seconds:.1f} s {acc.failures[:2]}",
-                flush=True,
-            )
-            entry["points"] = measure_points(server, manifests[spec.fmt], cfg, wrk_log)
+            if expected is not None:
+                acc = check_server(server.base_url, spec.fmt, images, expected)
+                entry["accuracy"] = acc.to_dict()
+                print(
+                    f"   accuracy pass: {acc.label_match}/{acc.images} labels as offline ORT, "
+                    f"{acc.accuracy_pct:.1f}% top-1, {acc.seconds:.1f} s {acc.failures[:2]}",
+                    flush=True,
+                )
+            entry["points"] += measure_points(server, manifests[spec.fmt], cfg, wrk_log, plan)
     except (RuntimeError, OSError, subprocess.SubprocessError) as err:
         entry["error"] = f"could not run: {err}"
         print(f"   {entry['error']}", flush=True)
-    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,11 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     expected = offline_reference(Pipeline(settings), images, cfg.max_batch_size)
     references = {"start": reference_run(settings, images, cfg, "start")}
 
-    servers: dict[str, Any] = {}
-    for spec in specs:
-        servers[spec.key] = run_server(
-            spec, model_dir, cfg, images, expected, manifests, raw_dir, args.service_root
-        )
+    servers = {spec.key: new_entry(spec, cfg, args.service_root) for spec in specs}
+    for round_index, plan in enumerate(round_plans(cfg, not args.sequential)):
+        for spec in specs:
+            entry = servers[spec.key]
+            if entry["error"] is None and plan:
+                check = expected if round_index == 0 else None
+                run_server(
+                    spec, entry, plan, model_dir, cfg, images, check, manifests, raw_dir, args.service_root
+                )
     other = [p["other_cpu_pct"] for s in servers.values() for p in s["points"]]
 
     references["end"] = reference_run(settings, images, cfg, "end")
