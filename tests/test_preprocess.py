@@ -2,9 +2,9 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from rescom.preprocess import reduce_for, resize_center_crop, resized_size, to_rgb
+from rescom.preprocess import reduce_for, resize_center_crop, resized_size, to_rgb, upright
 
 
 def test_shorter_side_resize_then_centre_crop():
@@ -44,6 +44,22 @@ def test_exif_orientation_is_applied_when_asked():
     assert resize_center_crop(decoded, 4, 2, exif_transpose=True).shape == (2, 2, 3)
     assert decoded.size == (4, 2)
     assert Image.open(io.BytesIO(buf.getvalue())).getexif()[0x0112] == 6
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_upright_gives_the_pixels_of_exif_transpose(orientation, fmt):
+    arr = np.random.default_rng(orientation).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, exif=exif)
+    decoded = Image.open(io.BytesIO(buf.getvalue()))
+    decoded.load()
+    assert decoded.getexif().get(0x0112) == orientation  # the tag survived the file
+    want = np.asarray(ImageOps.exif_transpose(decoded))
+    np.testing.assert_array_equal(np.asarray(upright(decoded)), want)
+    assert (upright(decoded) is decoded) == (orientation == 1)  # no copy of an upright image
 
 
 def test_bad_sizes_are_refused():
