@@ -298,6 +298,10 @@ def write_markdown(results: dict[str, Any], path: Path, plot_name: str) -> None:
     if failed:
         lines += ["", "## Servers that could not be measured", ""]
         lines += [f"- **{s['title']}**: {s['error']}" for s in failed.values()]
+    missed = {k: s for k, s in servers.items() if s.get("round_errors")}
+    if missed:
+        lines += ["", "## Rounds that could not be measured (the server's other runs are above)", ""]
+        lines += [f"- **{s['title']}**: {err}" for s in missed.values() for err in s["round_errors"]]
     lines += ["", "## Targets", "", "| check | result | detail |", "| --- | --- | --- |"]
     for c in results.get("checks", []):
         verdict = {True: "pass", False: "**FAIL**", None: "not measured"}[c["passed"]]

@@ -138,7 +138,7 @@ def measure_points(
     )
     points = []
     for c, run in plan:
-        before, cpu0 = server.batch_stats(), server.cpu_seconds()
+        before, split0 = server.batch_stats(), server.cpu_split()
         busy0, wrk0 = busy_cpu_seconds(), children_cpu_seconds()
         point = run_wrk(
             server.base_url,
@@ -149,7 +149,8 @@ def measure_points(
             timeout_s=cfg.timeout_s,
             log=log,
         )
-        after, cpu1 = server.batch_stats(), server.cpu_seconds()
+        after, split1 = server.batch_stats(), server.cpu_split()
+        cpu0, cpu1 = sum(split0.values()), sum(split1.values())
         busy1, wrk1 = busy_cpu_seconds(), children_cpu_seconds()
         row = point.to_dict()
         row["run"] = run + 1
@@ -157,6 +158,13 @@ def measure_points(
         if before is not None and after is not None and after[0] > before[0]:
             row["mean_batch"] = (after[1] - before[1]) / (after[0] - before[0])
         row["cpu_ms_per_req"] = (cpu1 - cpu0) * 1e3 / point.ok if point.ok else None
+        row[
+            "cpu_split_ms_per_req"
+        ] = {  # where the server's CPU went: threads of the started process, children
+            label: round((split1[label] - split0.get(label, 0.0)) * 1e3 / point.ok, 3)
+            for label in split1
+            if point.ok and split1[label] - split0.get(label, 0.0) > 0
+        }
         row["load_1m"] = load_average()[0]
         row["wrk_cpu_pct"] = 100.0 * (wrk1 - wrk0) / point.duration_s
         # Everything else the machine did meanwhile (other users, the OS, steal): should be near 0.
@@ -166,7 +174,8 @@ def measure_points(
         print(
             f"    c={c:<4d} run {run + 1} {point.throughput:7.0f} req/s  p50 {point.p50_ms:7.2f}  p99 {point.p99_ms:7.2f} ms  "
             f"errors {point.error_count}  batch {row['mean_batch'] or 0:.1f}  "
-            f"cpu {row['cpu_ms_per_req'] or 0:.2f} ms/req  other {row['other_cpu_pct']:.0f}%",
+            f"cpu {row['cpu_ms_per_req'] or 0:.2f} ms/req  other {row['other_cpu_pct']:.0f}%  "
+            + ", ".join(f"{label} {ms:.2f}" for label, ms in row["cpu_split_ms_per_req"].items()),
             flush=True,
         )
         # let the queues drain before the next point
@@ -249,8 +258,12 @@ def run_server(
                 )
             entry["points"] += measure_points(server, manifests[spec.fmt], cfg, wrk_log, plan)
     except (RuntimeError, OSError, subprocess.SubprocessError) as err:
-        entry["error"] = f"could not run: {err}"
-        print(f"   {entry['error']}", flush=True)
+        message = f"could not run: {err}"
+        print(f"   {message}", flush=True)
+        if entry["points"]:  # a later round: the runs already measured stand; this round is missing
+            entry.setdefault("round_errors", []).append(message)
+        else:
+            entry["error"] = message
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,9 +59,10 @@ SERVERS: tuple[ServerSpec, ...] = (
         "ResCom service (ours)",
         "raw",
         "/health/ready",
-        notes="python -m service (its defaults on 2 cores): 1 uvicorn process, raw-body fast path, small images "
-        "decoded on the event loop, 1 ORT session run by {n} batcher worker threads ({n} model calls at once) "
-        "x {t} ORT thread(s), window {window:g} ms",
+        notes="python -m service (its defaults on 2 cores): 1 uvicorn process, raw-body POST /predict answered "
+        "from the connection protocol, small images decoded on the event loop, 1 ORT session run by {n} batcher "
+        "worker threads that take their own batches ({n} model calls at once) x {t} ORT thread(s), window "
+        "{window:g} ms",
     ),
     ServerSpec(
         "mosec",
@@ -161,8 +162,15 @@ class RunningServer:
         Found by parent links rather than the process group: BentoML's supervisor puts its workers in
         process groups of their own.
         """
+        return sum(self.cpu_split().values())
+
+    def cpu_split(self) -> dict[str, float]:
+        """:meth:`cpu_seconds` by where it was spent: the started process's main thread and its other threads,
+        and its descendant processes by command name (e.g. Mosec's Rust front end ``mosec`` and its ``python``
+        workers)."""
         parent: dict[int, int] = {}
         cpu: dict[int, int] = {}
+        names: dict[int, str] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 text = stat.read_text()
@@ -172,15 +180,21 @@ class RunningServer:
             pid = int(stat.parent.name)
             parent[pid] = int(fields[1])  # ppid
             cpu[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+            names[pid] = text[text.index("(") + 1 : text.rindex(")")]
         children: dict[int, list[int]] = {}
         for pid, ppid in parent.items():
             children.setdefault(ppid, []).append(pid)
-        total, todo = 0, [self.proc.pid]
+        root = self.proc.pid
+        split: dict[str, float] = {"main thread": _main_thread_ticks(root)}
+        split["other threads"] = cpu.get(root, 0) - split["main thread"]
+        todo = list(children.get(root, []))
         while todo:
             pid = todo.pop()
-            total += cpu.get(pid, 0)
+            label = f"process {names.get(pid, '?')}"
+            split[label] = split.get(label, 0) + cpu.get(pid, 0)
             todo.extend(children.get(pid, []))
-        return total / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return {label: ticks / tick for label, ticks in split.items()}
 
     def wait_ready(self) -> None:
         """Poll the readiness path until 200.
@@ -300,3 +314,13 @@ def start_server(
             yield server
         finally:
             server.stop()
+
+
+def _main_thread_ticks(pid: int) -> int:
+    """utime + stime clock ticks of a process's main thread (its task with the process's id)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
