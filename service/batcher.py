@@ -111,7 +111,6 @@ class _Item:
     future: asyncio.Future[BatchRows]
     enqueued: float  # time.monotonic()
     timer: asyncio.TimerHandle | None = None  # the deadline; cancelled on the event loop only
-    waited: float = 0.0  # seconds in the queue, set when a worker takes it
     queued: bool = field(default=True)  # False once taken, expired or dropped
 
 
@@ -457,9 +456,7 @@ class DynamicBatcher:
                 break
             self._queue.popleft()
             self._dequeue(item)
-            item.waited = (
-                now - item.enqueued
-            )  # observed on the event loop (the worker's GIL time is precious)
+            self.observer.on_queue_wait(now - item.enqueued)
             batch.append(item)
             n += item.rows
         self.observer.on_depth(self._rows)
@@ -478,7 +475,6 @@ class DynamicBatcher:
             failed = ServiceError(f"inference failed in model {self.name!r}")
             for item in batch:
                 self._cancel_timer(item)
-                self.observer.on_queue_wait(item.waited)
                 if not item.future.done():
                     item.future.set_exception(failed)
             return
@@ -487,7 +483,6 @@ class DynamicBatcher:
         memo: dict[object, object] = {}  # one per model call, shared by its requests
         for item in batch:
             self._cancel_timer(item)
-            self.observer.on_queue_wait(item.waited)
             if not item.future.done():  # the client may have gone away meanwhile
                 item.future.set_result(BatchRows(y, offset, offset + item.rows, memo))
             offset += item.rows
