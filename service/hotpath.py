@@ -155,6 +155,7 @@ class PredictCycle:
         self._options: dict[str, Any] = {}
         self._submitted = False
         self._future: asyncio.Future[BatchRows] | None = None
+        self._stats_started = 0  # perf_counter_ns when the request reached admission; 0 when not (yet)
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -192,8 +193,10 @@ class PredictCycle:
         try:
             self._predict(bytes(self.body))
         except ServiceError as err:
+            self._record_stats(ok=False)
             self.reply(*error_answer(err))
         except Exception:
+            self._record_stats(ok=False)
             self._fail()
 
     def _predict(self, body: bytes) -> None:
@@ -207,17 +210,18 @@ class PredictCycle:
         k, calibration = parse_predict_options(
             state, served, 1, options["top_k"], options["prior"], options["temperature"]
         )
+        self._stats_started = time.perf_counter_ns()  # Triton's statistics: admission, decode and model call
         served.batcher.check_room(1)
         opened = open_request_images(state, served, [body])
         x = None if calibration.prior.kind == "adaptive" else decode_inline(served, opened)
         if x is None:  # π_t is estimated asynchronously, or a large image goes to the decoding pool
             for o in opened:
                 o.image.close()
+            self._stats_started = 0  # predict_encoded records the request itself
             self._continue_in_task(body)
             return
-        stats_started = time.perf_counter_ns()
         self._future = served.batcher.submit_nowait(x, settings.request_timeout_s)  # x: [1, crop, crop, 3]
-        self._future.add_done_callback(lambda done: self._answer(done, k, calibration, stats_started))
+        self._future.add_done_callback(lambda done: self._answer(done, k, calibration))
         self.protocol.tasks.add(self)  # the server's drain waits for it, and cancels it when time runs out
 
     def cancel(self, msg: str | None = None) -> None:
@@ -228,11 +232,10 @@ class PredictCycle:
         if self._future is not None:
             self._future.cancel()  # a queued image is skipped; a running batch ends unheeded
 
-    def _answer(self, done: asyncio.Future[BatchRows], k: int, calibration: Any, stats_started: int) -> None:
-        """The model call is done: calibrate, rank and answer."""
+    def _answer(self, done: asyncio.Future[BatchRows], k: int, calibration: Any) -> None:
+        """The model call is done: calibrate, rank and answer (the statistics are counted before the lease ends)."""
         served = self._served
         assert served is not None
-        ok = False
         try:
             if done.cancelled():
                 raise ShuttingDown()
@@ -240,15 +243,22 @@ class PredictCycle:
             ranked = rank_rows_now(served, answer, calibration)  # [1, C]
             self.state.registry.adaptive(served.name).observe(answer.rows)
             payload = dumps(predict_response(served, ranked, k, calibration))
-            ok = True
         except ServiceError as err:
+            self._record_stats(ok=False)
             self.reply(*error_answer(err))
         except Exception:
+            self._record_stats(ok=False)
             self._fail()
         else:
+            self._record_stats(ok=True)
             self.reply(200, payload, {})
-        finally:
-            self.state.request_stats.record(served.name, served.version, stats_started, ok)
+
+    def _record_stats(self, ok: bool) -> None:
+        """Count the request in Triton's statistics (once; not for requests that never reached admission)."""
+        served, started = self._served, self._stats_started
+        if served is not None and started:
+            self._stats_started = 0
+            self.state.request_stats.record(served.name, served.version, started, ok)
 
     def _continue_in_task(self, body: bytes) -> None:
         task = asyncio.get_running_loop().create_task(self._predict_async(body))

@@ -194,3 +194,22 @@ def test_single_raw_answers_equal_one_batched_json_request(servers):
         assert got.keys() == want.keys()
         # ORT's float32 sums differ slightly between a batch of 1 and a batch of 4
         np.testing.assert_allclose([got[c] for c in want], list(want.values()), rtol=0, atol=1e-5)
+
+
+def test_triton_statistics_count_raw_requests_as_the_asgi_path_does(servers):
+    def counts(port: int) -> tuple[int, int]:
+        stats = httpx.get(
+            f"http://127.0.0.1:{port}/v2/models/tiny/stats", headers={"Authorization": "Bearer k"}
+        ).json()["model_stats"][0]["inference_stats"]
+        return stats["success"]["count"], stats["fail"]["count"]
+
+    for port in servers.values():
+        ok0, fail0 = counts(port)
+        request = (
+            _post("/predict", PNG)
+            + _post("/predict", b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+            + _post("/predict", PNG)
+        )
+        assert [status for status, _, _ in _exchange(port, request, responses=3)] == [200, 422, 200]
+        _exchange(port, _post("/predict?top_k=x", PNG))  # refused before admission: not a model request
+        assert counts(port) == (ok0 + 2, fail0 + 1)
