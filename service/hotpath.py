@@ -192,12 +192,8 @@ class PredictCycle:
         self._submitted = True
         try:
             self._predict(bytes(self.body))
-        except ServiceError as err:
-            self._record_stats(ok=False)
-            self.reply(*error_answer(err))
-        except Exception:
-            self._record_stats(ok=False)
-            self._fail()
+        except Exception as err:
+            self._failed(err)
 
     def _predict(self, body: bytes) -> None:
         """Decode and queue the image, or hand the request to a task when a step has to wait."""
@@ -243,15 +239,19 @@ class PredictCycle:
             ranked = rank_rows_now(served, answer, calibration)  # [1, C]
             self.state.registry.adaptive(served.name).observe(answer.rows)
             payload = dumps(predict_response(served, ranked, k, calibration))
-        except ServiceError as err:
-            self._record_stats(ok=False)
-            self.reply(*error_answer(err))
-        except Exception:
-            self._record_stats(ok=False)
-            self._fail()
+        except Exception as err:
+            self._failed(err)
         else:
             self._record_stats(ok=True)
             self.reply(200, payload, {})
+
+    def _failed(self, err: Exception) -> None:
+        """A request past its admission failed: count it, then answer its error (a bug: 500, logged)."""
+        self._record_stats(ok=False)
+        if isinstance(err, ServiceError):
+            self.reply(*error_answer(err))
+        else:
+            self._fail()
 
     def _record_stats(self, ok: bool) -> None:
         """Count the request in Triton's statistics (once; not for requests that never reached admission)."""
