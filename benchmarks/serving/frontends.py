@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.serving.config import RAW_DIR  # noqa: E402
+from benchmarks.serving.servers import cpu_split  # noqa: E402
 from benchmarks.serving.workload import load_images, write_wrk_requests  # noqa: E402
 from rescom_dev.machine import busy_cpu_seconds, describe_machine  # noqa: E402
 from rescom_dev.results import write_result  # noqa: E402
@@ -96,29 +97,6 @@ def _command(
     return [sys.executable, "-m", "granian", *args, "service.main:app"], env
 
 
-def _stat(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, its threads and its live child processes (granian runs its workers as
-    children), from ``/proc``."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(ValueError, OSError, IndexError):  # ValueError: not a process folder
-            pid_entry = int(entry)
-            children.setdefault(int(_stat(pid_entry)[1]), []).append(pid_entry)
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError, IndexError):
-            fields = _stat(p)
-            total += int(fields[11]) + int(fields[12])
-        todo += children.get(p, [])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 @contextlib.contextmanager
 def serving(frontend: str, granian_path: Path, checkouts: dict[str, Path]) -> Iterator[tuple[str, int]]:
     port = free_port()
@@ -159,20 +137,16 @@ def wrk(url: str, connections: int, seconds: float, requests: Path) -> dict:
     }
 
 
-def main_thread_seconds(pid: int) -> float:
-    """User + system CPU of a process's main thread (the event loop of ``python -m service``)."""
-    with open(f"/proc/{pid}/task/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(url: str, pid: int, connections: int, seconds: float, requests: Path) -> dict:
     """One wrk point with the server's CPU per request (all, and its main thread's) and the machine's idle share."""
-    cpu0, main0, busy0, t0 = cpu_seconds(pid), main_thread_seconds(pid), busy_cpu_seconds(), time.monotonic()
+    split0, busy0, t0 = cpu_split(pid), busy_cpu_seconds(), time.monotonic()
     r = wrk(url, connections, seconds, requests)
     elapsed = time.monotonic() - t0
-    r["server_cpu_ms_per_req"] = 1000 * (cpu_seconds(pid) - cpu0) / max(1, r["requests"])
-    r["main_thread_cpu_ms_per_req"] = 1000 * (main_thread_seconds(pid) - main0) / max(1, r["requests"])
+    split1 = cpu_split(pid)
+    cpu = sum(split1.values()) - sum(split0.values())
+    r["server_cpu_ms_per_req"] = 1000 * cpu / max(1, r["requests"])
+    main = split1["main thread"] - split0["main thread"]
+    r["main_thread_cpu_ms_per_req"] = 1000 * main / max(1, r["requests"])
     r["machine_idle_pct"] = 100 * max(
         0.0, 1 - (busy_cpu_seconds() - busy0) / (elapsed * (os.cpu_count() or 1))
     )

@@ -165,36 +165,8 @@ class RunningServer:
         return sum(self.cpu_split().values())
 
     def cpu_split(self) -> dict[str, float]:
-        """:meth:`cpu_seconds` by where it was spent: the started process's main thread and its other threads,
-        and its descendant processes by command name (e.g. Mosec's Rust front end ``mosec`` and its ``python``
-        workers)."""
-        parent: dict[int, int] = {}
-        cpu: dict[int, int] = {}
-        names: dict[int, str] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                text = stat.read_text()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2 :].split()
-            pid = int(stat.parent.name)
-            parent[pid] = int(fields[1])  # ppid
-            cpu[pid] = int(fields[11]) + int(fields[12])  # utime, stime
-            names[pid] = text[text.index("(") + 1 : text.rindex(")")]
-        children: dict[int, list[int]] = {}
-        for pid, ppid in parent.items():
-            children.setdefault(ppid, []).append(pid)
-        root = self.proc.pid
-        split: dict[str, float] = {"main thread": _main_thread_ticks(root)}
-        split["other threads"] = cpu.get(root, 0) - split["main thread"]
-        todo = list(children.get(root, []))
-        while todo:
-            pid = todo.pop()
-            label = f"process {names.get(pid, '?')}"
-            split[label] = split.get(label, 0) + cpu.get(pid, 0)
-            todo.extend(children.get(pid, []))
-        tick = os.sysconf("SC_CLK_TCK")
-        return {label: ticks / tick for label, ticks in split.items()}
+        """:meth:`cpu_seconds` by where it was spent (:func:`cpu_split`)."""
+        return cpu_split(self.proc.pid)
 
     def wait_ready(self) -> None:
         """Poll the readiness path until 200.
@@ -324,3 +296,38 @@ def _main_thread_ticks(pid: int) -> int:
         return 0
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) + int(fields[12])
+
+
+def cpu_split(root: int) -> dict[str, float]:
+    """User + system CPU seconds of process ``root`` and its live descendants, by where it was spent.
+
+    The process's main thread and its other threads, and its descendant processes by command name (e.g. Mosec's
+    Rust front end ``mosec`` and its ``python`` workers). Descendants are found by parent links rather than the
+    process group: BentoML's supervisor puts its workers in process groups of their own.
+    """
+    parent: dict[int, int] = {}
+    cpu: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])  # ppid
+        cpu[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+        names[pid] = text[text.index("(") + 1 : text.rindex(")")]
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    split: dict[str, float] = {"main thread": _main_thread_ticks(root)}
+    split["other threads"] = cpu.get(root, 0) - split["main thread"]
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        label = f"process {names.get(pid, '?')}"
+        split[label] = split.get(label, 0) + cpu.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    tick = os.sysconf("SC_CLK_TCK")
+    return {label: ticks / tick for label, ticks in split.items()}
