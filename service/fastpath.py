@@ -13,19 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import authorization_header, verify_bearer
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, ShuttingDown
 from service.inference import predict_encoded
+from service.registry import ServedModel
 from service.responses import dumps
 from service.routes.predict import EMPTY_BODY, is_raw_image, parse_query
 
-__all__ = ["PredictFastPath", "PredictCounters", "error_answer", "check_content_length", "ROUTE"]
+__all__ = ["PredictFastPath", "PredictCounters", "admit_raw", "error_answer", "check_content_length", "ROUTE"]
 
 log = logging.getLogger("rescom.service")
 ROUTE = "/predict"
@@ -63,17 +64,14 @@ class PredictFastPath:
         start = time.perf_counter()
         headers: dict[str, str] = {}
         try:
-            key = _key(state)
-            if key is not None:
-                verify_bearer(authorization_header(scope["headers"]), key)
-            options = parse_query(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-            with state.registry.lease(
-                options.pop("model"), options.pop("version")
-            ) as served:  # before the body
-                body = await _read_body(receive, content_length, state.settings.max_body_bytes)
+            served, options = admit_raw(state, scope["headers"], scope["query_string"], content_length)
+            try:  # the lease is taken before the body is read
+                body = await _read_body(receive, state.settings.max_body_bytes)
                 if not body:
                     raise BadRequest(EMPTY_BODY)
                 status, payload = 200, dumps(await predict_encoded(state, served, [body], **options))
+            finally:
+                state.registry.release(served)
         except ServiceError as err:
             status, payload, headers = error_answer(err)
         except asyncio.CancelledError:  # still running when the graceful shutdown's drain timeout ran out
@@ -143,13 +141,35 @@ def check_content_length(content_length: bytes | None, limit: int) -> None:
         )
 
 
-def _key(state: Any) -> SecretStr | None:
-    return state.settings.api_key
+def admit_raw(
+    state: Any, headers: Iterable[tuple[bytes, bytes]], query: bytes, content_length: bytes | None
+) -> tuple[ServedModel, dict[str, Any]]:
+    """Check a raw-body ``POST /predict`` before its body: bearer token, query options, model lease, body size.
+
+    In that order, on every path that serves this request shape.
+
+    Returns:
+        The leased model (end the lease with ``state.registry.release``) and the remaining options (``top_k``,
+        ``prior``, ``temperature``).
+
+    Raises:
+        ServiceError: 401, 400/422 (options), 404/503 (model), 400/413 (Content-Length); nothing is leased then.
+    """
+    settings = state.settings
+    if settings.api_key is not None:
+        verify_bearer(authorization_header(headers), settings.api_key)
+    options = parse_query(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    served = state.registry.acquire(options.pop("model"), options.pop("version"))
+    try:
+        check_content_length(content_length, settings.max_body_bytes)
+    except BaseException:
+        state.registry.release(served)
+        raise
+    return served, options
 
 
-async def _read_body(receive: Receive, content_length: bytes | None, limit: int) -> bytes:
-    """The whole body, refusing more than ``limit`` bytes (from Content-Length at once, else while reading)."""
-    check_content_length(content_length, limit)
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes while reading (a declared size is checked before)."""
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -27,15 +27,13 @@ import asyncio
 import logging
 import time
 from typing import Any
-from urllib.parse import parse_qsl
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from service.auth import authorization_header, verify_bearer
 from service.batcher import BatchRows
 from service.errors import BadRequest, ServiceError, ShuttingDown
-from service.fastpath import ROUTE, PredictCounters, check_content_length, error_answer
+from service.fastpath import ROUTE, PredictCounters, admit_raw, error_answer
 from service.inference import (
     decode_inline,
     open_request_images,
@@ -46,7 +44,7 @@ from service.inference import (
 )
 from service.registry import ServedModel
 from service.responses import dumps
-from service.routes.predict import EMPTY_BODY, is_raw_image, parse_query
+from service.routes.predict import EMPTY_BODY, is_raw_image
 from service.state import ServiceState
 
 __all__ = ["PredictRoute", "PredictCycle"]
@@ -163,13 +161,7 @@ class PredictCycle:
         """The connection's turn: the checks that need no body, then wait for the body (or go on)."""
         self._started = time.perf_counter()
         try:
-            settings = self.state.settings
-            if settings.api_key is not None:
-                verify_bearer(authorization_header(self.headers), settings.api_key)
-            options = parse_query(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True))
-            self._served = self.state.registry.acquire(options.pop("model"), options.pop("version"))
-            self._options = options
-            check_content_length(self.content_length, settings.max_body_bytes)
+            self._served, self._options = admit_raw(self.state, self.headers, self.query, self.content_length)
         except ServiceError as err:
             self.reply(*error_answer(err))
             return
@@ -206,11 +198,14 @@ class PredictCycle:
         k, calibration = parse_predict_options(
             state, served, 1, options["top_k"], options["prior"], options["temperature"]
         )
+        if calibration.prior.kind == "adaptive":  # π_t is estimated asynchronously
+            self._continue_in_task(body)
+            return
         self._stats_started = time.perf_counter_ns()  # Triton's statistics: admission, decode and model call
         served.batcher.check_room(1)
         opened = open_request_images(state, served, [body])
-        x = None if calibration.prior.kind == "adaptive" else decode_inline(served, opened)
-        if x is None:  # π_t is estimated asynchronously, or a large image goes to the decoding pool
+        x = decode_inline(served, opened)
+        if x is None:  # a large image goes to the decoding pool
             for o in opened:
                 o.image.close()
             self._stats_started = 0  # predict_encoded records the request itself
