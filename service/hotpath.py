@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from service.batcher import BatchRows
 from service.errors import BadRequest, ServiceError, ShuttingDown
@@ -42,6 +41,7 @@ from service.inference import (
     predict_response,
     rank_rows_now,
 )
+from service.protocol import json_response
 from service.registry import ServedModel
 from service.responses import dumps
 from service.routes.predict import EMPTY_BODY, is_raw_image
@@ -294,15 +294,9 @@ class PredictCycle:
             return
         if self.state.draining:
             self.keep_alive = False  # a load balancer is taking this replica out: reconnect elsewhere
-        head = [STATUS_LINE[status]]
-        head += [name + b": " + value + b"\r\n" for name, value in protocol.server_state.default_headers]
-        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(payload))
-        head += [f"{name.lower()}: {value}\r\n".encode("latin-1") for name, value in headers.items()]
-        if not self.keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        head.append(payload)
-        self.transport.write(b"".join(head))
+        extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+        head = [*protocol.server_state.default_headers, *extra]
+        self.transport.write(json_response(status, payload, head, close=not self.keep_alive))
         if protocol.access_log:
             client = f"{protocol.client[0]}:{protocol.client[1]}" if protocol.client else ""
             path = ROUTE + ("?" + self.query.decode("latin-1") if self.query else "")

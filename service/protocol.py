@@ -21,7 +21,7 @@ closes is still read and answered (its header timeout bounds the wait).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.responses import dumps
 
-__all__ = ["ConnectionLimits", "WholeResponseWriter", "limited_protocol", "error_bytes"]
+__all__ = ["ConnectionLimits", "WholeResponseWriter", "limited_protocol", "error_bytes", "json_response"]
 
 IDLE_GRACE_S = 1.0  # at shutdown: how long a connection without a request may still start one
 
@@ -58,13 +58,24 @@ class _Refused(Exception):
         self.status, self.message = status, message
 
 
+def json_response(
+    status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = (), *, close: bool
+) -> bytes:
+    """A complete HTTP/1.1 response with a JSON ``body``, as the protocol writes it itself (one write).
+
+    Status line, ``headers`` (lower-case names), content type and length, and ``Connection: close`` when
+    ``close``.
+    """
+    head = [STATUS_LINE[status], *(name + b": " + value + b"\r\n" for name, value in headers)]
+    head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+    if close:
+        head.append(b"connection: close\r\n")
+    return b"".join(head) + b"\r\n" + body
+
+
 def error_bytes(status: int, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 response with the service's JSON error body."""
-    body = dumps({"error": message})
-    head = [STATUS_LINE[status], b"content-type: application/json\r\n"]
-    head += [b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
-    head += [name + b": " + value + b"\r\n" for name, value in extra]
-    return b"".join(head) + b"\r\n" + body
+    return json_response(status, dumps({"error": message}), extra, close=True)
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
