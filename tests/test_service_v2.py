@@ -175,7 +175,9 @@ def test_timeout_parameter_expires_in_the_queue(tmp_path: Path):
 
     import httpx
 
-    write_model(tmp_path, "slow", 1, kind="slow", slow_matmuls=100, slow_dim=512)
+    write_model(
+        tmp_path, "slow", 1, kind="slow", slow_matmuls=600, slow_dim=512
+    )  # ~0.4 s a call: outlasts the 50 ms deadline
     s = local_settings(tmp_path, max_batch_size=1, instances=1, max_queue_delay_ms=0)
     x = random_images(1)
     body = {
