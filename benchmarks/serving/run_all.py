@@ -186,10 +186,9 @@ def measure_points(
 def reference_run(settings: AppSettings, images: list[Image], cfg: BenchConfig, when: str) -> dict[str, Any]:
     """Raw ONNX Runtime reference (fresh sessions, as the servers have), printed and returned as a dict."""
     ref = measure_reference(Pipeline(settings), images, cfg.max_batch_size, cfg.ort_threads, cfg.quick)
-    pipelines = [Pipeline(settings) for _ in range(cfg.instances)]
     ref.instances = cfg.instances
     ref.engine_img_s, ref.ort_batch_img_s_instances = measure_engine(
-        pipelines, images, cfg.max_batch_size, cfg.quick
+        settings, cfg.instances, images, cfg.max_batch_size, cfg.quick
     )
     print(
         f"== raw ORT ({when}): batch-1 {ref.ort_b1_p50_ms:.2f} ms, batch-{cfg.max_batch_size} "
