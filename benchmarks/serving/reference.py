@@ -102,57 +102,68 @@ def measure_reference(
     )
 
 
+def _whole_round(pipeline: Pipeline, chunk: list[bytes]) -> int:
+    """One engine round: decode ``chunk`` + ORT batch + calibration/top-k/JSON; returns the images done."""
+    logits = pipeline.infer(pipeline.decode_many(chunk))  # [b, C]
+    for doc in pipeline.respond(logits):
+        pipeline.encode(doc)
+    return len(chunk)
+
+
+def _ort_round(pipeline: Pipeline, x: np.ndarray) -> int:
+    """One ORT-only round on pre-decoded images ``x`` ``[b, crop, crop, 3]``; returns the images done."""
+    pipeline.infer(x)
+    return len(x)
+
+
 def _instance(
-    settings: AppSettings,
-    chunks: list[list[bytes]],
-    k: int,
-    rounds: int,
-    ort_only: bool,
-    start: Any,
-    out: Any,
+    settings: AppSettings, chunks: list[list[bytes]], k: int, rounds: int, phase_start: Any, out: Any
 ) -> None:
-    """One engine instance in its own process: its own Pipeline (ORT session), ``rounds`` rounds after ``start``."""
+    """One engine instance in its own process (own Pipeline, own ORT session): the whole job, then ORT alone.
+
+    Each phase starts when every instance has reached ``phase_start``; puts ``[(images, t0, t1)]`` per phase.
+    """
     pipeline = Pipeline(settings)
-    x = pipeline.decode_many(chunks[0])  # [b, crop, crop, 3] uint8, for the ORT-only loop
+    x = pipeline.decode_many(chunks[0])  # [b, crop, crop, 3] uint8, for the ORT-only phase
     for i in range(2):  # warm
-        pipeline.infer(pipeline.decode_many(chunks[(k + i) % len(chunks)]))
-    start.wait()
-    t0, done = time.perf_counter(), 0
-    for i in range(rounds):
-        if ort_only:
-            pipeline.infer(x)
-            done += len(x)
-            continue
-        chunk = chunks[(k + i) % len(chunks)]
-        logits = pipeline.infer(pipeline.decode_many(chunk))  # [b, C]
-        for doc in pipeline.respond(logits):
-            pipeline.encode(doc)
-        done += len(chunk)
-    out.put((done, t0, time.perf_counter()))
+        _whole_round(pipeline, chunks[(k + i) % len(chunks)])
+    phases: list[Callable[[int], int]] = [
+        lambda i: _whole_round(pipeline, chunks[(k + i) % len(chunks)]),
+        lambda i: _ort_round(pipeline, x),
+    ]
+    timings = []
+    for phase in phases:
+        phase_start.wait()
+        t0 = time.perf_counter()
+        done = sum(phase(i) for i in range(rounds))
+        timings.append((done, t0, time.perf_counter()))
+    out.put(timings)
 
 
-def _processes_img_s(
-    settings: AppSettings, chunks: list[list[bytes]], n: int, rounds: int, ort_only: bool
-) -> float:
-    """Images per second of ``n`` instances run side by side, each in its own process (no shared GIL)."""
+def _processes_img_s(settings: AppSettings, chunks: list[list[bytes]], n: int, rounds: int) -> list[float]:
+    """Images per second of ``n`` instances side by side, each in its own process (no shared GIL), per phase."""
     ctx = mp.get_context("spawn")  # a fresh interpreter: no ORT session or thread inherited from the harness
-    start, out = ctx.Barrier(n + 1), ctx.Queue()
+    phase_start, out = ctx.Barrier(n + 1), ctx.Queue()
     procs = [
-        ctx.Process(target=_instance, args=(settings, chunks, k, rounds, ort_only, start, out), daemon=True)
+        ctx.Process(target=_instance, args=(settings, chunks, k, rounds, phase_start, out), daemon=True)
         for k in range(n)
     ]
     for proc in procs:
         proc.start()
     try:
-        start.wait(timeout=120)
-        results = [out.get(timeout=600) for _ in procs]
+        for _ in range(2):  # the whole job, then ORT alone
+            phase_start.wait(timeout=600)
+        results = [out.get(timeout=600) for _ in procs]  # [instance][phase] -> (images, t0, t1)
     finally:
         for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
-    first, last = min(r[1] for r in results), max(r[2] for r in results)  # perf_counter: CLOCK_MONOTONIC
-    return sum(r[0] for r in results) / (last - first)
+    rates = []
+    for phase in zip(*results, strict=True):
+        first, last = min(r[1] for r in phase), max(r[2] for r in phase)  # perf_counter: CLOCK_MONOTONIC
+        rates.append(sum(r[0] for r in phase) / (last - first))
+    return rates
 
 
 def measure_engine(
@@ -171,6 +182,5 @@ def measure_engine(
     blobs = [im.png for im in images]
     chunks = [blobs[i : i + batch] for i in range(0, len(blobs) - batch + 1, batch)] or [blobs]
     rounds = 8 if quick else 40
-    engine = _processes_img_s(settings, chunks, instances, rounds, ort_only=False)
-    ort_only_img_s = _processes_img_s(settings, chunks, instances, rounds, ort_only=True)
+    engine, ort_only_img_s = _processes_img_s(settings, chunks, instances, rounds)
     return engine, ort_only_img_s
